@@ -1,0 +1,47 @@
+"""Settings dataclasses: every default, and every environment read, lives here."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PRECISIONS = ("fp32", "fp16")
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "auto")
+
+#: Folder of the embedded default model (``sample_data/model`` in a source checkout).
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "sample_data" / "model"
+
+
+def cache_dir() -> Path:
+    """Root of segtrt's on-disk caches (ONNX exports, engines); ``SEGTRT_CACHE_DIR`` overrides it."""
+    env = os.environ.get("SEGTRT_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "segtrt"
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """How one prediction runs. Shapes and spacings elsewhere are in array order (z, y, x).
+
+    step_size: window step as a fraction of the patch size (nnU-Net's ``tile_step_size``).
+    mirror: test-time mirroring over the model's allowed axes.
+    batch_size: patches per forward pass (mirror flips are batched on top when they fit).
+    precision: network precision; ``fp16`` is autocast (torch) or an fp16 graph (ONNX/TensorRT).
+    accumulate_dtype: dtype of the logit/weight accumulators on the device.
+    """
+
+    device: str = "cuda"
+    step_size: float = 0.5
+    mirror: bool = True
+    batch_size: int = 4
+    precision: str = "fp32"
+    accumulate_dtype: str = "float32"
+    save_probabilities: bool = False
+    backend: str = "torch"
+    folds: tuple[int | str, ...] | None = None
+    configuration: str | None = None
+    checkpoint_name: str = "checkpoint_final.pth"
+    trust_checkpoint: bool = False
+    extra: dict = field(default_factory=dict)

@@ -1,0 +1,35 @@
+"""Exception types.
+
+``SegtrtError`` is for problems a user can cause and fix (a missing file, a wrong channel count, a
+backend that is not installed). Its message is one line saying what was received and what was
+expected; the CLI prints it without a traceback and exits non-zero. Anything else that escapes is a
+bug in segtrt and keeps its traceback.
+"""
+
+
+class SegtrtError(Exception):
+    """A problem the user can fix; the message is shown as-is, without a traceback."""
+
+
+class ModelFolderError(SegtrtError):
+    """The nnU-Net model folder is missing files, or they do not have the expected content."""
+
+
+class UntrustedCheckpointError(ModelFolderError):
+    """A checkpoint holds Python objects outside the allow-list for nnU-Net checkpoints."""
+
+
+class InputImageError(SegtrtError):
+    """An input image cannot be read, or does not fit the model (channels, dimensions)."""
+
+
+class BackendUnavailableError(SegtrtError):
+    """The requested backend or device cannot run on this machine."""
+
+
+class ExportError(SegtrtError):
+    """An ONNX export or its numerical check failed."""
+
+
+class EngineError(SegtrtError):
+    """A TensorRT engine cannot be built, loaded or used as requested."""
