@@ -1,0 +1,46 @@
+"""Accumulate Gaussian-weighted patch logits into a whole-volume prediction, on the device."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from segtrt.windows import Window
+
+
+class LogitAccumulator:
+    """Weighted sum of patch logits and of their weights over a (padded) volume.
+
+    logits: (K, Z, Y, X) in ``dtype``; weights: (Z, Y, X) in ``dtype``. Each added patch is
+    multiplied by the importance map (the patch's shape, on the same device) before summing;
+    ``finalize`` divides the sums in place and returns the averaged logits.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        shape: Sequence[int],
+        importance: torch.Tensor,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        device = importance.device
+        self.logits = torch.zeros((num_classes, *shape), dtype=dtype, device=device)
+        self.weights = torch.zeros(tuple(shape), dtype=dtype, device=device)
+        self.importance = importance.to(dtype)
+
+    def add(self, window: Window, patch_logits: torch.Tensor) -> None:
+        """Add one patch's logits (K, *patch) at ``window``."""
+        region = (slice(None), *window.to_slices())
+        self.logits[region].addcmul_(patch_logits.to(self.logits.dtype), self.importance)
+        self.weights[window.to_slices()] += self.importance
+
+    def add_batch(self, windows: Sequence[Window], batch_logits: torch.Tensor) -> None:
+        """Add (N, K, *patch) logits at ``windows`` (len N)."""
+        for window, patch_logits in zip(windows, batch_logits):
+            self.add(window, patch_logits)
+
+    def finalize(self) -> torch.Tensor:
+        """Averaged logits (K, Z, Y, X); the accumulator must not be used afterwards."""
+        self.logits /= self.weights
+        return self.logits

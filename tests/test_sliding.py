@@ -1,0 +1,76 @@
+"""Stitching properties of the sliding window (MONAI's best test, adapted) and its batching."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_allclose
+
+from segtrt.sliding import SlidingWindowOptions, sliding_window_logits
+
+SHAPES = [(17, 23, 31), (5, 7, 9), (32, 48, 40), (33, 49, 41), (70, 13, 100), (1, 60, 3)]
+
+
+@pytest.mark.parametrize("shape,step", list(itertools.product(SHAPES, [0.5, 0.33, 1.0, 0.9])))
+def test_scaled_identity_stitches_back(shape, step):
+    patch = (16, 24, 20)
+    data = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0))
+    opts = SlidingWindowOptions(patch_size=patch, num_classes=2, step_size=step, batch_size=3)
+    out = sliding_window_logits(data, [lambda x: 2 * x], opts)
+    assert out.shape == data.shape
+    # float32 weighted average of identical values: error is rounding only (measured < 1e-6)
+    assert_allclose(out.numpy(), 2 * data.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("axes", [(0,), (1, 2), (0, 1, 2)])
+def test_mirroring_of_equivariant_predictor_is_exact(axes):
+    data = torch.randn((1, 21, 30, 26), generator=torch.Generator().manual_seed(1))
+    opts = SlidingWindowOptions(patch_size=(16, 16, 16), num_classes=1, mirror_axes=axes, batch_size=2)
+    out = sliding_window_logits(data, [lambda x: x - 1], opts)
+    assert_allclose(out.numpy(), data.numpy() - 1, rtol=1e-5, atol=1e-5)
+
+
+def test_mirroring_averages_flipped_predictions():
+    """A predictor that is not flip-equivariant: z-ramp output; averaged over a z flip it becomes flat."""
+    data = torch.zeros((1, 8, 8, 8))
+
+    def ramp(x):
+        z = torch.arange(x.shape[2], dtype=torch.float32).view(1, 1, -1, 1, 1)
+        return z.expand(x.shape[0], 1, *x.shape[2:]).clone()
+
+    opts = SlidingWindowOptions(patch_size=(8, 8, 8), num_classes=1, mirror_axes=(0,))
+    out = sliding_window_logits(data, [ramp], opts)
+    assert_allclose(out.numpy(), np.full((1, 8, 8, 8), 3.5), atol=1e-6)
+
+
+def test_folds_are_averaged():
+    data = torch.randn((1, 20, 20, 20))
+    opts = SlidingWindowOptions(patch_size=(8, 8, 8), num_classes=1)
+    out = sliding_window_logits(data, [lambda x: x, lambda x: 3 * x], opts)
+    assert_allclose(out.numpy(), 2 * data.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_batches_respect_backend_limits():
+    calls = []
+
+    def record(x):
+        calls.append(x.shape[0])
+        return x * 1.0
+
+    data = torch.randn((1, 30, 30, 30))
+    fixed = SlidingWindowOptions(patch_size=(16, 16, 16), num_classes=1, batch_size=3, mirror_axes=(0,), fixed_call_batch=4)
+    out = sliding_window_logits(data, [record], fixed)
+    assert set(calls) == {4}, "a static-batch graph must always see its batch size"
+    assert_allclose(out.numpy(), data.numpy(), rtol=1e-5, atol=1e-5)
+    calls.clear()
+    limited = SlidingWindowOptions(patch_size=(16, 16, 16), num_classes=1, batch_size=4, mirror_axes=(0, 1), max_call_batch=5)
+    sliding_window_logits(data, [record], limited)
+    assert max(calls) <= 5 and sum(calls) == 27 * 4  # 3x3x3 windows x 4 flips
+
+
+def test_progress_counts_every_window():
+    seen = []
+    opts = SlidingWindowOptions(patch_size=(8, 8, 8), num_classes=1, batch_size=3)
+    sliding_window_logits(torch.zeros((1, 16, 16, 16)), [lambda x: x], opts, progress=seen.append)
+    assert sum(seen) == 27
