@@ -1,0 +1,110 @@
+"""Read the channels of one case into a (C, Z, Y, X) float32 array and its Geometry.
+
+Same semantics as nnU-Net v2's ``SimpleITKIO.read_images``: SimpleITK reads each file, the array is in
+(z, y, x) order, SimpleITK's (x, y, z) spacing is reversed, values are cast to float32. Stricter than
+nnU-Net: every channel must be a scalar 3D image and all channels must share shape, spacing, origin and
+direction (nnU-Net only warns about origin and direction). Inputs are only read, never modified.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from segtrt.errors import InputImageError
+from segtrt.io.dicom import read_dicom_series
+from segtrt.io.geometry import Geometry
+from segtrt.io.integrity import check_nifti_complete
+
+logger = logging.getLogger(__name__)
+
+#: File endings read by :func:`read_image` (a folder is read as a DICOM series).
+SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
+_EXPECTED = "a 3D NIfTI (.nii/.nii.gz), NRRD (.nrrd) or MetaImage (.mha) file, or a DICOM series folder"
+
+
+def image_ending(path: Path) -> str | None:
+    """The supported ending of ``path``'s name (e.g. '.nii.gz'), or None.
+
+    Endings are lower case only: SimpleITK cannot read '.MHA' nor write '.NII.GZ'.
+    """
+    name = Path(path).name
+    return next((ending for ending in SUPPORTED_ENDINGS if name.endswith(ending)), None)
+
+
+def read_image(paths: Sequence[Path]) -> tuple[np.ndarray, Geometry]:
+    """Read one case: each path is one channel, in order.
+
+    Returns the image as a (C, Z, Y, X) float32 array and the geometry shared by all channels.
+    Raises InputImageError (one line naming the file) when a channel cannot be read, is not a scalar
+    3D image, or does not share the first channel's geometry.
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise InputImageError(f"no image given; expected one path per channel ({_EXPECTED})")
+    first = read_channel(paths[0])
+    geometry = Geometry.from_sitk(first)
+    data = np.empty((len(paths), *geometry.shape), dtype=np.float32)
+    data[0] = sitk.GetArrayViewFromImage(first)
+    del first
+    for index, path in enumerate(paths[1:], start=1):
+        image = read_channel(path)
+        _check_same_geometry(Geometry.from_sitk(image), geometry, path, paths[0])
+        data[index] = sitk.GetArrayViewFromImage(image)
+    logger.debug("read %d channel(s): %s", len(paths), geometry.describe())
+    return data, geometry
+
+
+def read_channel(path: Path) -> sitk.Image:
+    """Read one channel (an image file, or a folder holding one DICOM series) as a scalar 3D image."""
+    path = Path(path)
+    if path.is_dir():
+        image = read_dicom_series(path)
+    else:
+        image = _read_file(path)
+    _check_scalar_3d(image, path)
+    return image
+
+
+def _read_file(path: Path) -> sitk.Image:
+    if not path.is_file():
+        raise InputImageError(f"image {path} does not exist; expected {_EXPECTED}")
+    ending = image_ending(path)
+    if ending is None:
+        raise InputImageError(f"cannot read {path}: unsupported file type; expected {_EXPECTED}")
+    if ending in (".nii", ".nii.gz"):
+        check_nifti_complete(path)
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[-1].removeprefix("sitk::ERROR: ")
+        raise InputImageError(f"cannot read {path} ({reason}); expected {_EXPECTED}") from None
+
+
+def _check_scalar_3d(image: sitk.Image, path: Path) -> None:
+    components = image.GetNumberOfComponentsPerPixel()
+    if image.GetDimension() != 3 or components != 1:
+        size = "x".join(str(s) for s in image.GetSize())
+        raise InputImageError(
+            f"{path} is a {image.GetDimension()}D image of size {size} with {components} value(s) per voxel; "
+            "expected a 3D image with one value per voxel (give each channel as its own file)"
+        )
+
+
+def _check_same_geometry(geometry: Geometry, reference: Geometry, path: Path, reference_path: Path) -> None:
+    if geometry.matches(reference):
+        return
+    differing = [
+        f"{name} {getattr(geometry, name)} vs {getattr(reference, name)}"
+        for name in ("shape", "spacing", "origin", "direction")
+        if not reference.matches(replace(reference, **{name: getattr(geometry, name)}))
+    ]
+    raise InputImageError(
+        f"channel {path} does not share the geometry of the first channel {reference_path} "
+        f"({'; '.join(differing)}); expected all channels of a case on one voxel grid (resample them first)"
+    )
