@@ -40,13 +40,13 @@ def sliding_window_logits(
     data: torch.Tensor,
     predictors: Sequence[PatchPredictor],
     options: SlidingWindowOptions,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Average logits of ``predictors`` over windows covering ``data``.
 
     data: (C, Z, Y, X) float32 on the device the predictors use. Returns (K, Z, Y, X) logits in
-    ``options.accumulate_dtype`` on that device (padding removed). ``progress`` is called with the
-    number of windows finished after each group.
+    ``options.accumulate_dtype`` on that device (padding removed). ``progress`` is called with
+    (windows just finished, total windows) after each group.
     """
     patch = tuple(options.patch_size)
     pads = padding_for(data.shape[1:], patch)
@@ -61,7 +61,7 @@ def sliding_window_logits(
         for predict in predictors:
             acc.add_batch(group, _predict_mirrored(predict, patches, flips, options))
         if progress is not None:
-            progress(len(group))
+            progress(len(group), len(windows))
     logits = acc.finalize()
     return logits[(slice(None), *_unpad_slices(pads, padded.shape[1:]))]
 

@@ -72,5 +72,5 @@ def test_batches_respect_backend_limits():
 def test_progress_counts_every_window():
     seen = []
     opts = SlidingWindowOptions(patch_size=(8, 8, 8), num_classes=1, batch_size=3)
-    sliding_window_logits(torch.zeros((1, 16, 16, 16)), [lambda x: x], opts, progress=seen.append)
-    assert sum(seen) == 27
+    sliding_window_logits(torch.zeros((1, 16, 16, 16)), [lambda x: x], opts, progress=lambda done, total: seen.append((done, total)))
+    assert sum(d for d, _ in seen) == 27 and {t for _, t in seen} == {27}

@@ -1,0 +1,79 @@
+"""Turning a loaded model and the user's backend choice into runners (one per fold).
+
+Every choice is explicit: a backend that cannot run raises BackendUnavailableError with the
+reason; nothing falls back silently. The returned ``choice`` dict goes into the run report.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from segtrt.config import BACKENDS, PredictSettings
+from segtrt.errors import BackendUnavailableError
+from segtrt.runners.base import Runner
+from segtrt.runners.torch_runner import TorchRunner
+
+log = logging.getLogger(__name__)
+
+
+def create_runners(model, settings: PredictSettings, device: torch.device) -> tuple[list[Runner], dict]:
+    """Runners for every fold of ``model`` (a ``segtrt.nnunet.LoadedModel``) and the reasons for them."""
+    if settings.backend not in BACKENDS:
+        raise BackendUnavailableError(f"--backend must be one of {', '.join(BACKENDS)}, got {settings.backend!r}")
+    backend, reason = settings.backend, f"requested {settings.backend}"
+    if backend == "auto":
+        backend, reason = choose_backend(device)
+        log.info("backend auto -> %s (%s)", backend, reason)
+    if backend == "torch":
+        runners = [TorchRunner(net, device, settings.precision) for net in model.networks]
+    elif backend == "onnxruntime":
+        runners = _onnxruntime_runners(model, settings, device)
+    else:
+        runners = _tensorrt_runners(model, settings, device)
+    return runners, {"backend": backend, "reason": reason, "runner": runners[0].describe()}
+
+
+def choose_backend(device: torch.device) -> tuple[str, str]:
+    """``--backend auto``: TensorRT, then ONNX Runtime CUDA, then torch CUDA; the CPU must be explicit."""
+    if device.type != "cuda":
+        if device.type == "cpu":
+            return "torch", "auto on the CPU (requested --device cpu): torch"
+        raise BackendUnavailableError("--backend auto needs a CUDA device; pass --device cpu to run on the CPU")
+    problems = []
+    try:
+        from segtrt.engine.flavors import runtime_support
+
+        ok, why = runtime_support(device)
+        if ok:
+            return "tensorrt", why
+        problems.append(why)
+    except ImportError as exc:
+        problems.append(f"TensorRT support not importable ({exc})")
+    try:
+        import onnxruntime
+
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            return "onnxruntime", "; ".join(problems + ["ONNX Runtime has the CUDA execution provider"])
+        problems.append("ONNX Runtime has no CUDA execution provider")
+    except ImportError:
+        problems.append("onnxruntime is not installed")
+    return "torch", "; ".join(problems + ["torch CUDA"])
+
+
+def _onnxruntime_runners(model, settings: PredictSettings, device: torch.device) -> list[Runner]:
+    from segtrt.onnx_cache import cached_exports
+    from segtrt.runners.onnxruntime_runner import OnnxRuntimeRunner
+
+    paths = cached_exports(model, settings)
+    return [OnnxRuntimeRunner(path, device) for path in paths]
+
+
+def _tensorrt_runners(model, settings: PredictSettings, device: torch.device) -> list[Runner]:
+    if device.type != "cuda":
+        raise BackendUnavailableError("--backend tensorrt needs a CUDA device")
+    from segtrt.engine.cache import engine_for_model
+    from segtrt.runners.tensorrt_runner import TensorRTRunner
+
+    return [TensorRTRunner(plan, device) for plan in engine_for_model(model, settings, device)]

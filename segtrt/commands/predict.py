@@ -1,0 +1,78 @@
+"""``segtrt predict``: segment NIfTI/DICOM inputs with an nnU-Net v2 model folder."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from segtrt.config import BACKENDS, DEFAULT_MODEL_DIR, PRECISIONS, PredictSettings
+from segtrt.run import run_prediction
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict",
+        help="segment images with an nnU-Net v2 model",
+        description="Segment one case (one file, or one file per channel), a folder of nnU-Net style "
+        "CASE_0000.nii.gz files, or DICOM series folders. Writes <case>.nii.gz label maps and a run report.",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output folder (created)")
+    p.add_argument("-m", "--model", type=Path, default=DEFAULT_MODEL_DIR,
+                   help="nnU-Net v2 model folder (default: the bundled sample model)")
+    p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: all present)")
+    p.add_argument("-c", "--configuration", default=None, help="configuration, e.g. 3d_fullres (default: the checkpoint's)")
+    p.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint file name in fold_K/")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
+    p.add_argument("--backend", default="torch", choices=BACKENDS)
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    p.add_argument("--step-size", type=float, default=0.5, help="window step as a fraction of the patch (0, 1]")
+    p.add_argument("--no-tta", action="store_true", help="disable test-time mirroring")
+    p.add_argument("--batch-size", type=int, default=4, help="patches per forward pass")
+    p.add_argument("--accumulate", default="float32", choices=("float32", "float16"),
+                   help="dtype of the logit accumulator on the device")
+    p.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz probabilities")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load checkpoints holding Python objects outside nnU-Net's allow-list (runs pickled code)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = PredictSettings(
+        device=args.device,
+        step_size=args.step_size,
+        mirror=not args.no_tta,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        accumulate_dtype=args.accumulate,
+        save_probabilities=args.save_probabilities,
+        backend=args.backend,
+        folds=tuple(args.folds) if args.folds else None,
+        configuration=args.configuration,
+        checkpoint_name=args.checkpoint,
+        trust_checkpoint=args.trust_checkpoint,
+    )
+    show_progress = not args.no_progress and sys.stderr.isatty()
+    report = run_prediction(args.model, args.inputs, args.output, settings, progress_bar=show_progress)
+    for case in report.cases:
+        if case.ok:
+            print(f"{case.case_id}: {case.output}  ({_seconds(case.seconds)})")
+        else:
+            print(f"{case.case_id}: FAILED: {case.error}", file=sys.stderr)
+    print(f"report: {report.path}")
+    failed = [c for c in report.cases if not c.ok]
+    if failed:
+        print(f"segtrt: {len(failed)} of {len(report.cases)} case(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _seconds(seconds: dict[str, float]) -> str:
+    total = sum(seconds.values())
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in seconds.items())
+    return f"{total:.2f} s: {parts}"

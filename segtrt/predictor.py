@@ -1,0 +1,143 @@
+"""Orchestration for one model: image -> preprocessing -> sliding window -> export, on one device.
+
+The predictor takes runners (one per fold) and never knows which backend they use. Arrays are
+channels first in array order (C, Z, Y, X) with spacing (z, y, x) in mm, as read by ``segtrt.io``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from segtrt.config import PredictSettings
+from segtrt.errors import InputImageError
+from segtrt.io import Case, Geometry, read_image, write_probabilities, write_segmentation
+from segtrt.nnunet import ModelFolder
+from segtrt.postprocess import logits_to_probabilities, logits_to_segmentation
+from segtrt.preprocess import PreprocessPlan, preprocess
+from segtrt.runners.base import Runner
+from segtrt.sliding import SlidingWindowOptions, sliding_window_logits
+from segtrt.timing import StageTimer
+
+log = logging.getLogger(__name__)
+
+ACCUMULATE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+@dataclass
+class Prediction:
+    """labels (Z, Y, X) integer in the input's array order; probabilities (K, Z, Y, X) or None."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    seconds: dict[str, float] = field(default_factory=dict)
+    windows: int = 0
+
+
+@dataclass
+class CaseResult:
+    """What happened to one case, for the run report."""
+
+    case_id: str
+    output: Path | None = None
+    probabilities: Path | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Predictor:
+    """Predicts cases with one model folder and one runner per fold, all on ``device``."""
+
+    def __init__(
+        self,
+        folder: ModelFolder,
+        runners: Sequence[Runner],
+        settings: PredictSettings,
+        mirror_axes: tuple[int, ...],
+        device: torch.device,
+    ) -> None:
+        self.folder = folder
+        self.runners = list(runners)
+        self.settings = settings
+        self.device = device
+        self.plan = PreprocessPlan.from_nnunet(folder.plans, folder.configuration)
+        self.options = SlidingWindowOptions(
+            patch_size=tuple(int(p) for p in folder.patch_size),
+            num_classes=folder.num_segmentation_heads,
+            step_size=settings.step_size,
+            mirror_axes=tuple(mirror_axes) if settings.mirror else (),
+            batch_size=settings.batch_size,
+            max_call_batch=_smallest(r.max_batch_size for r in self.runners),
+            fixed_call_batch=_smallest(r.fixed_batch_size for r in self.runners),
+            accumulate_dtype=ACCUMULATE_DTYPES[settings.accumulate_dtype],
+        )
+
+    def __enter__(self) -> "Predictor":
+        for runner in self.runners:
+            runner.activate()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for runner in self.runners:
+            runner.deactivate()
+
+    def predict_image(
+        self, image: np.ndarray, spacing: Sequence[float], progress: Callable[[int, int], None] | None = None
+    ) -> Prediction:
+        """Segment one image: (C, Z, Y, X) float32 array, spacing (z, y, x) mm."""
+        self._check_channels(image.shape[0])
+        timer = StageTimer(self.device)
+        with timer.stage("preprocess"):
+            tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(self.device)
+            pre = preprocess(tensor, tuple(float(s) for s in spacing), self.plan)
+            del tensor
+        with timer.stage("network"):
+            logits = sliding_window_logits(pre.data, self.runners, self.options, progress)
+        with timer.stage("export"):
+            regions = self.folder.regions_class_order
+            labels = logits_to_segmentation(logits, pre, self.plan, regions).cpu().numpy()
+            probabilities = None
+            if self.settings.save_probabilities:
+                probs = logits_to_probabilities(logits, pre, self.plan, regions)
+                probabilities = probs.float().cpu().numpy()
+        return Prediction(labels, probabilities, timer.seconds)
+
+    def predict_case(
+        self, case: Case, output_dir: Path, progress: Callable[[int, int], None] | None = None
+    ) -> CaseResult:
+        """Read, segment and write one case; the output is ``output_dir/<case_id><file_ending>``."""
+        timer = StageTimer()
+        with timer.stage("read"):
+            image, geometry = read_image(case.channels)
+        prediction = self.predict_image(image, geometry.spacing, progress)
+        result = CaseResult(case.case_id, seconds=dict(prediction.seconds))
+        with timer.stage("write"):
+            result.output = write_segmentation(output_dir / f"{case.case_id}.nii.gz", prediction.labels, geometry)
+            if prediction.probabilities is not None:
+                result.probabilities = write_probabilities(
+                    output_dir / f"{case.case_id}.npz", prediction.probabilities
+                )
+        result.seconds.update(timer.seconds)
+        return result
+
+    def _check_channels(self, received: int) -> None:
+        expected = self.folder.num_input_channels
+        if received != expected:
+            names = ", ".join(self.folder.channel_names)
+            raise InputImageError(
+                f"the model expects {expected} input channel(s) ({names}), got {received}"
+            )
+
+
+def _smallest(values) -> int | None:
+    present = [v for v in values if v is not None]
+    return min(present) if present else None
