@@ -95,6 +95,12 @@ class Predictor:
     ) -> Prediction:
         """Segment one image: (C, Z, Y, X) float32 array, spacing (z, y, x) mm."""
         self._check_channels(image.shape[0])
+        with torch.inference_mode():
+            return self._predict_image(image, spacing, progress)
+
+    def _predict_image(
+        self, image: np.ndarray, spacing: Sequence[float], progress: Callable[[int, int], None] | None
+    ) -> Prediction:
         timer = StageTimer(self.device)
         with timer.stage("preprocess"):
             tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(self.device)

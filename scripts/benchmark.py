@@ -1,0 +1,278 @@
+#!/usr/bin/env python
+"""End-to-end and per-stage timing: nnU-Net v2's predictor vs segtrt, same GPU, weights and scan.
+
+One run times, for each workload and mirroring setting: nnU-Net v2 (preprocess / network / export,
+as ../shared/tools/nnunet_anchor.py measures it, file IO excluded) and every segtrt variant asked
+for (preprocess / network / export), plus network-only ms per patch with CUDA events and the
+effective TFLOP/s. Medians over --repeats after one warm-up. Prints a table last and writes JSON.
+
+    python scripts/benchmark.py --workload wholebody --out /tmp/bench
+
+Weights are random (seeded); agreement with nnU-Net's labels is still reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from segtrt.backends import create_runners  # noqa: E402
+from segtrt.config import PredictSettings  # noqa: E402
+from segtrt.nnunet import load_model  # noqa: E402
+from segtrt.predictor import Predictor  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    shape: tuple[int, int, int]          # CT voxels (z, y, x)
+    spacing: tuple[float, float, float]  # CT spacing mm (z, y, x)
+    target: tuple[float, float, float]   # model spacing mm
+    patch: tuple[int, int, int]
+    classes: int
+    arch: str = "plain"                  # plain | resenc_m
+    strides: tuple = ((1, 1, 1),) + ((2, 2, 2),) * 5
+    features: tuple = (32, 64, 128, 256, 320, 320)
+
+
+WORKLOADS = {
+    "seed": Workload("seed", (298, 512, 512), (1.0, 0.8, 0.8), (1.0, 0.8, 0.8), (96, 160, 160), 2,
+                     strides=((1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2))),
+    "wholebody": Workload("wholebody", (300, 512, 512), (1.5, 0.78, 0.78), (1.5, 1.5, 1.5), (128, 128, 128), 3),
+    "wholebody_resenc": Workload("wholebody_resenc", (300, 512, 512), (1.5, 0.78, 0.78), (1.5, 1.5, 1.5),
+                                 (128, 128, 128), 3, arch="resenc_m"),
+    "memory": Workload("memory", (600, 512, 512), (1.5, 0.78, 0.78), (1.5, 1.5, 1.5), (128, 128, 128), 117),
+}
+
+
+def architecture(w: Workload) -> dict:
+    n = len(w.features)
+    common = {
+        "n_stages": n, "features_per_stage": list(w.features), "conv_op": "torch.nn.modules.conv.Conv3d",
+        "kernel_sizes": [[3, 3, 3]] * n, "strides": [list(s) for s in w.strides], "conv_bias": True,
+        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d", "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+        "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
+    }
+    if w.arch == "resenc_m":
+        name = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+        common.update(n_blocks_per_stage=[1, 3, 4, 6, 6, 6][:n], n_conv_per_stage_decoder=[1] * (n - 1))
+    else:
+        name = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+        common.update(n_conv_per_stage=[2] * n, n_conv_per_stage_decoder=[2] * (n - 1))
+    return {"network_class_name": name, "arch_kwargs": common,
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
+
+
+def write_model_folder(root: Path, w: Workload) -> Path:
+    """An nnU-Net v2 model folder (plans, dataset, fold_0 checkpoint) with seeded random weights."""
+    from segtrt.nnunet.network import build_network
+
+    resampling = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
+    config = {
+        "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
+        "patch_size": list(w.patch), "median_image_size_in_voxels": list(w.shape), "spacing": list(w.target),
+        "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
+        "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
+        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+        "resampling_fn_data_kwargs": resampling, "resampling_fn_seg_kwargs": {**resampling, "is_seg": True, "order": 1},
+        "resampling_fn_probabilities_kwargs": {**resampling, "order": 1}, "batch_dice": False,
+        "architecture": architecture(w),
+    }
+    plans = {
+        "dataset_name": "Dataset999_Bench", "plans_name": "nnUNetPlans", "image_reader_writer": "SimpleITKIO",
+        "original_median_spacing_after_transp": list(w.target), "original_median_shape_after_transp": list(w.shape),
+        "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "experiment_planner_used": "ExperimentPlanner",
+        "label_manager": "LabelManager", "configurations": {"3d_fullres": config},
+        "foreground_intensity_properties_per_channel": {"0": {
+            "max": 3000.0, "mean": 100.0, "median": 90.0, "min": -1000.0, "percentile_00_5": -950.0,
+            "percentile_99_5": 1500.0, "std": 300.0}},
+    }
+    dataset = {"channel_names": {"0": "CT"}, "labels": {"background": 0, **{f"c{i}": i for i in range(1, w.classes)}},
+               "numTraining": 1, "file_ending": ".nii.gz"}
+    folder = root / w.name
+    (folder / "fold_0").mkdir(parents=True, exist_ok=True)
+    (folder / "plans.json").write_text(json.dumps(plans, indent=1))
+    (folder / "dataset.json").write_text(json.dumps(dataset, indent=1))
+    torch.manual_seed(0)
+    net = build_network(config, 1, w.classes)
+    checkpoint = {"network_weights": net.state_dict(), "trainer_name": "nnUNetTrainer",
+                  "init_args": {"configuration": "3d_fullres"}, "inference_allowed_mirroring_axes": (0, 1, 2)}
+    torch.save(checkpoint, folder / "fold_0" / "checkpoint_final.pth")
+    return folder
+
+
+def synthetic_ct(w: Workload) -> np.ndarray:
+    """(1, Z, Y, X) float32 HU: body ellipse, a bright organ, noise (as the anchor script builds it)."""
+    rng = np.random.default_rng(0)
+    z, y, x = np.ogrid[: w.shape[0], : w.shape[1], : w.shape[2]]
+    body = ((y - w.shape[1] / 2) / (w.shape[1] * 0.42)) ** 2 + ((x - w.shape[2] / 2) / (w.shape[2] * 0.45)) ** 2 < 1
+    img = np.broadcast_to(np.where(body, 40, -1000), w.shape).astype(np.float32)
+    img[:, : w.shape[1] // 3, w.shape[2] // 3 : w.shape[2] // 2] = 120
+    img += rng.normal(0, 20, size=w.shape).astype(np.float32)
+    return img.astype(np.int16).astype(np.float32)[None]
+
+
+@dataclass
+class Row:
+    pipeline: str
+    mirror: bool
+    seconds: dict = field(default_factory=dict)
+    agreement: float | None = None
+    peak_gb: float | None = None
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+
+def run_nnunet(folder: Path, image: np.ndarray, w: Workload, mirror: bool, device) -> tuple[Row, np.ndarray]:
+    from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    pred = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirror, perform_everything_on_device=True,
+                           device=device, verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+    pred.initialize_from_trained_model_folder(str(folder), use_folds=(0,))
+    pm, cm = pred.plans_manager, pred.configuration_manager
+    props = {"spacing": list(w.spacing)}
+    row = Row("nnU-Net v2", mirror)
+    for rep in range(2):  # first is warm-up
+        t0 = time.perf_counter()
+        ppa = PreprocessAdapterFromNpy([image], [None], [props], [None], pm, pred.dataset_json, cm, num_threads_in_multithreaded=1)
+        dct = next(ppa)
+        t1 = time.perf_counter()
+        logits = pred.predict_logits_from_preprocessed_data(dct["data"]).cpu()
+        torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        seg = convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits, pm, cm, pm.get_label_manager(pred.dataset_json), dct["data_properties"])
+        t3 = time.perf_counter()
+    row.seconds = {"preprocess": t1 - t0, "network": t2 - t1, "export": t3 - t2}
+    return row, seg
+
+
+def run_segtrt(folder: Path, image: np.ndarray, w: Workload, mirror: bool, precision: str, batch: int,
+               repeats: int, accumulate: str, reference: np.ndarray | None) -> Row:
+    device = torch.device("cuda")
+    settings = PredictSettings(device="cuda", mirror=mirror, precision=precision, batch_size=batch,
+                               accumulate_dtype=accumulate)
+    model = load_model(folder, device=device)
+    runners, _ = create_runners(model, settings, device)
+    row = Row(f"segtrt torch {precision} b{batch}", mirror)
+    runs = []
+    with Predictor(model.folder, runners, settings, model.mirror_axes, device) as predictor:
+        torch.cuda.reset_peak_memory_stats()
+        for rep in range(repeats + 1):
+            prediction = predictor.predict_image(image, w.spacing)
+            if rep:
+                runs.append(prediction.seconds)
+    row.seconds = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    row.peak_gb = torch.cuda.max_memory_allocated() / 2**30
+    if reference is not None:
+        row.agreement = float((prediction.labels == reference).mean())
+    return row
+
+
+def network_ms_per_patch(folder: Path, w: Workload, precision: str, batch: int) -> dict:
+    """Network alone: CUDA-event median ms per patch at ``batch`` and the effective TFLOP/s."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = torch.device("cuda")
+    model = load_model(folder, device=device)
+    net = model.networks[0]
+    x = torch.randn((batch, 1, *w.patch), device=device)
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as counter:
+            net(x[:1])
+        flops = counter.get_total_flops()
+        ctx = torch.autocast("cuda", dtype=torch.float16) if precision == "fp16" else torch.autocast("cuda", enabled=False)
+        with ctx:
+            for _ in range(3):
+                net(x)
+            times = []
+            for _ in range(10):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                net(x)
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end) / batch)
+    ms = statistics.median(times)
+    return {"precision": precision, "batch": batch, "ms_per_patch": ms, "gflop_per_patch": flops / 1e9,
+            "tflops": flops / (ms * 1e-3) / 1e12}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workload", nargs="+", default=["wholebody"], choices=sorted(WORKLOADS))
+    p.add_argument("--mirror", default="both", choices=("both", "on", "off"))
+    p.add_argument("--variants", nargs="+", default=["fp16:4", "fp32:4"], help="precision:batch for segtrt torch")
+    p.add_argument("--accumulate", default="float32", choices=("float32", "float16"))
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--skip-nnunet", action="store_true")
+    p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
+    args = p.parse_args()
+    mirrors = {"both": [False, True], "on": [True], "off": [False]}[args.mirror]
+    results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "workloads": {}}
+    table = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.workload:
+            w = WORKLOADS[name]
+            folder = write_model_folder(Path(tmp), w)
+            image = synthetic_ct(w)
+            entry = {"workload": w.__dict__, "rows": [], "network": []}
+            for spec in args.variants:
+                precision, batch = spec.split(":")
+                entry["network"].append(network_ms_per_patch(folder, w, precision, int(batch)))
+            for mirror in mirrors:
+                reference = None
+                if not args.skip_nnunet:
+                    row, reference = run_nnunet(folder, image, w, mirror, torch.device("cuda"))
+                    entry["rows"].append(row)
+                for spec in args.variants:
+                    precision, batch = spec.split(":")
+                    entry["rows"].append(run_segtrt(folder, image, w, mirror, precision, int(batch), args.repeats,
+                                                    args.accumulate, reference))
+                    torch.cuda.empty_cache()
+            table.append((name, entry))
+            results["workloads"][name] = {**entry, "rows": [r.__dict__ | {"total": r.total} for r in entry["rows"]]}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "benchmark.json").write_text(json.dumps(results, indent=1, default=str))
+    print_table(results["gpu"], table)
+    return 0
+
+
+def print_table(gpu: str, table) -> None:
+    print(f"\nGPU: {gpu}")
+    for name, entry in table:
+        print(f"\n== {name}  (network only)")
+        for n in entry["network"]:
+            print(f"  {n['precision']} batch {n['batch']}: {n['ms_per_patch']:.2f} ms/patch, "
+                  f"{n['gflop_per_patch']:.0f} GFLOP/patch, {n['tflops']:.0f} TFLOP/s")
+        print(f"{'pipeline':26s} {'tta':>3s} {'pre s':>7s} {'net s':>7s} {'export s':>8s} {'total s':>8s} "
+              f"{'speedup':>8s} {'agree':>8s} {'peak GB':>8s}")
+        base = {r.mirror: r.total for r in entry["rows"] if r.pipeline.startswith("nnU-Net")}
+        for r in entry["rows"]:
+            s = r.seconds
+            speed = f"{base[r.mirror] / r.total:7.1f}x" if r.mirror in base else "      -"
+            agree = f"{r.agreement:8.5f}" if r.agreement is not None else "       -"
+            peak = f"{r.peak_gb:8.2f}" if r.peak_gb is not None else "       -"
+            print(f"{r.pipeline:26s} {int(r.mirror):3d} {s.get('preprocess', 0):7.2f} {s.get('network', 0):7.2f} "
+                  f"{s.get('export', 0):8.2f} {r.total:8.2f} {speed:>8s} {agree} {peak}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
