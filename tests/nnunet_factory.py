@@ -1,10 +1,13 @@
 """Real nnU-Net v2 model folders, made by nnU-Net's own tooling, for tests.
 
-``make_model_folder`` writes a tiny synthetic raw dataset in nnU-Net's format, then runs nnunetv2's
-fingerprint extraction, experiment planner, preprocessor and ``nnUNetTrainer`` (on the CPU, a few tens
-of iterations) in this process, so ``dataset.json``, ``plans.json`` and ``fold_K/checkpoint_final.pth``
-are exactly what nnU-Net writes. The only edit is a smaller network (fewer features per stage) written
-into the plans before preprocessing, so that a model trains in well under a minute on two cores.
+``make_model_folder`` writes a tiny synthetic raw dataset in nnU-Net's format (5 cases of 40^3
+voxels, or 16x48x48 at 5x1x1 mm; ellipsoid "organs" with distinct intensities in noisy tissue), then
+runs nnunetv2's fingerprint extraction, experiment planner, preprocessor and ``nnUNetTrainer.run_training``
+(CPU, 4 epochs of 25 iterations) in this process, so ``dataset.json``, ``plans.json`` and
+``fold_K/checkpoint_final.pth`` are exactly what nnU-Net writes. Our only edits go into the planned
+3d_fullres configuration before preprocessing: 8..64 features per stage instead of 32..320, a patch of
+at most 32^3 and a batch of at most 2, so that one fold trains in about 20-40 s on two cores. The
+trained models segment unseen synthetic cases with Dice ~0.9-0.98 per label.
 
 ``run_nnunet_reference`` runs nnunetv2's ``nnUNetPredictor`` on such a folder: the reference for
 parity tests.
@@ -38,7 +41,7 @@ FILE_ENDING = ".nii.gz"
 NUM_TRAINING_CASES = 5  # nnU-Net's default split is 5-fold: one validation case per fold
 ISOTROPIC_CASE = ((40, 40, 40), (1.0, 1.0, 1.0))  # shape (voxels), spacing (mm), (z, y, x)
 ANISOTROPIC_CASE = ((16, 48, 48), (5.0, 1.0, 1.0))  # spacing ratio 5 > nnU-Net's threshold of 3
-BASE_FEATURES = 8  # nnU-Net plans 32; 8 trains ~10x faster on a CPU
+BASE_FEATURES = 8  # nnU-Net plans 32 (doubling per stage up to 320)
 MAX_FEATURES = 64
 MAX_PATCH = 32  # voxels per axis; smaller than the training cases, so inference tiles several windows
 MAX_BATCH = 2
@@ -48,7 +51,7 @@ ITERATIONS_PER_EPOCH = 25
 #: does not collapse (we saw 8x slower epochs) when other jobs share the cores
 TRAIN_THREADS = 1
 
-#: seconds each make_model_folder call took, keyed by FactorySpec.key (read by reports)
+#: seconds each make_model_folder call took in this process, keyed by FactorySpec.key
 BUILD_SECONDS: dict[str, float] = {}
 
 
@@ -60,7 +63,7 @@ class FactorySpec:
     modality: "CT" (CTNormalization, int16 HU) or "MR" (ZScoreNormalization, float32, zero outside the
         body so that nnU-Net crops and normalizes inside the nonzero mask).
     channels: input channels (1 or 2). anisotropic: train at (5, 1, 1) mm instead of (1, 1, 1) mm.
-    folds: which folds to train. num_labels: foreground labels (label k is a bright ellipsoid).
+    folds: which folds to train. num_labels: foreground labels (label k is an ellipsoid "organ").
     """
 
     network: str = "PlainConvUNet"

@@ -28,7 +28,15 @@ import torch
 from segtrt.errors import BackendUnavailableError, SegtrtError
 from segtrt.export import parse_metadata
 from segtrt.runners.base import Runner
-from segtrt.runners.binding import KeepAlive, OutputBuffers, SideStream, device_index, numpy_dtype, torch_dtype
+from segtrt.runners.binding import (
+    KeepAlive,
+    OutputBuffers,
+    SideStream,
+    as_bindable,
+    device_index,
+    numpy_dtype,
+    torch_dtype,
+)
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +205,7 @@ class OnnxRuntimeRunner(Runner):
         binding = self.session.io_binding()
         kind, index = ("cuda", device_index(self.device)) if self.device.type == "cuda" else ("cpu", 0)
         with self._stream.ordered():
-            source = self._inputs.hold(batch.to(dtype=self.input_dtype).contiguous())
+            source = self._inputs.hold(as_bindable(batch, self.input_dtype))
             binding.bind_input(
                 self.input_name, kind, index, numpy_dtype(self.input_dtype), tuple(source.shape), source.data_ptr()
             )

@@ -218,3 +218,27 @@ def test_cuda_provider_with_io_binding_on_device_tensors(dynamic_graph, weights)
     # fp32 on cuDNN with TF32 off (use_tf32=0); passed on an H100 with onnxruntime-gpu 1.31.1, where
     # segtrt's exported U-Nets differed from torch by <= 7.6e-7 max|ref| through this same path
     np.testing.assert_allclose(result.cpu().numpy(), reference((x * 2).cpu(), weights).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_gpu_provider_that_cannot_start_reports_the_root_cause(tmp_path):
+    # what onnxruntime-gpu does without the TensorRT libraries: the provider's RuntimeError, then a
+    # failed retry with its fallback providers (CPU fallback is disabled by the runner)
+    from types import SimpleNamespace
+
+    from segtrt.runners.onnxruntime_runner import _create_session
+
+    class InvalidArgument(Exception):
+        pass
+
+    def session(*args, **kwargs):
+        try:
+            raise RuntimeError("Please install TensorRT libraries as mentioned in the GPU requirements page")
+        except RuntimeError as cause:
+            raise InvalidArgument("Conflicting session configuration") from cause
+
+    state = SimpleNamespace(InvalidArgument=InvalidArgument)
+    fake_ort = SimpleNamespace(capi=SimpleNamespace(onnxruntime_pybind11_state=state), InferenceSession=session)
+    with pytest.raises(BackendUnavailableError, match="could not start TensorrtExecutionProvider.*install TensorRT"):
+        _create_session(fake_ort, tmp_path / "m.onnx", None, [("TensorrtExecutionProvider", {})])
+    with pytest.raises(SegtrtError, match="cannot load"):
+        _create_session(fake_ort, tmp_path / "m.onnx", None, [("CPUExecutionProvider", {})])
