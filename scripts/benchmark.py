@@ -53,6 +53,8 @@ WORKLOADS = {
     "wholebody": Workload("wholebody", (300, 512, 512), (1.5, 0.78, 0.78), (1.5, 1.5, 1.5), (128, 128, 128), 3),
     "wholebody_resenc": Workload("wholebody_resenc", (300, 512, 512), (1.5, 0.78, 0.78), (1.5, 1.5, 1.5),
                                  (128, 128, 128), 3, arch="resenc_m"),
+    "tiny": Workload("tiny", (40, 64, 64), (1.5, 0.78, 0.78), (1.5, 1.5, 1.5), (32, 32, 32), 3,
+                     strides=((1, 1, 1), (2, 2, 2), (2, 2, 2)), features=(8, 16, 32)),
     "memory": Workload("memory", (600, 512, 512), (1.5, 0.78, 0.78), (1.5, 1.5, 1.5), (128, 128, 128), 117),
 }
 
@@ -155,7 +157,8 @@ def run_nnunet(folder: Path, image: np.ndarray, w: Workload, mirror: bool, devic
         dct = next(ppa)
         t1 = time.perf_counter()
         logits = pred.predict_logits_from_preprocessed_data(dct["data"]).cpu()
-        torch.cuda.synchronize()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         t2 = time.perf_counter()
         seg = convert_predicted_logits_to_segmentation_with_correct_shape(
             logits, pm, cm, pm.get_label_manager(pred.dataset_json), dct["data_properties"])
@@ -165,32 +168,34 @@ def run_nnunet(folder: Path, image: np.ndarray, w: Workload, mirror: bool, devic
 
 
 def run_segtrt(folder: Path, image: np.ndarray, w: Workload, mirror: bool, precision: str, batch: int,
-               repeats: int, accumulate: str, reference: np.ndarray | None) -> Row:
-    device = torch.device("cuda")
-    settings = PredictSettings(device="cuda", mirror=mirror, precision=precision, batch_size=batch,
+               repeats: int, accumulate: str, reference: np.ndarray | None, device: torch.device) -> Row:
+    settings = PredictSettings(device=str(device), mirror=mirror, precision=precision, batch_size=batch,
                                accumulate_dtype=accumulate)
     model = load_model(folder, device=device)
     runners, _ = create_runners(model, settings, device)
     row = Row(f"segtrt torch {precision} b{batch}", mirror)
     runs = []
     with Predictor(model.folder, runners, settings, model.mirror_axes, device) as predictor:
-        torch.cuda.reset_peak_memory_stats()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         for rep in range(repeats + 1):
             prediction = predictor.predict_image(image, w.spacing)
             if rep:
                 runs.append(prediction.seconds)
     row.seconds = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    row.peak_gb = torch.cuda.max_memory_allocated() / 2**30
+    row.peak_gb = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     if reference is not None:
         row.agreement = float((prediction.labels == reference).mean())
     return row
 
 
-def network_ms_per_patch(folder: Path, w: Workload, precision: str, batch: int) -> dict:
+def network_ms_per_patch(folder: Path, w: Workload, precision: str, batch: int, device: torch.device) -> dict:
     """Network alone: CUDA-event median ms per patch at ``batch`` and the effective TFLOP/s."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    device = torch.device("cuda")
+    if device.type != "cuda":
+        return {"precision": precision, "batch": batch, "ms_per_patch": float("nan"), "gflop_per_patch": float("nan"),
+                "tflops": float("nan")}
     model = load_model(folder, device=device)
     net = model.networks[0]
     x = torch.randn((batch, 1, *w.patch), device=device)
@@ -223,10 +228,12 @@ def main() -> int:
     p.add_argument("--accumulate", default="float32", choices=("float32", "float16"))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-nnunet", action="store_true")
+    p.add_argument("--device", default="cuda")
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     args = p.parse_args()
     mirrors = {"both": [False, True], "on": [True], "off": [False]}[args.mirror]
-    results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "workloads": {}}
+    device = torch.device(args.device)
+    results = {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__, "workloads": {}}
     table = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.workload:
@@ -236,17 +243,18 @@ def main() -> int:
             entry = {"workload": w.__dict__, "rows": [], "network": []}
             for spec in args.variants:
                 precision, batch = spec.split(":")
-                entry["network"].append(network_ms_per_patch(folder, w, precision, int(batch)))
+                entry["network"].append(network_ms_per_patch(folder, w, precision, int(batch), device))
             for mirror in mirrors:
                 reference = None
                 if not args.skip_nnunet:
-                    row, reference = run_nnunet(folder, image, w, mirror, torch.device("cuda"))
+                    row, reference = run_nnunet(folder, image, w, mirror, device)
                     entry["rows"].append(row)
                 for spec in args.variants:
                     precision, batch = spec.split(":")
                     entry["rows"].append(run_segtrt(folder, image, w, mirror, precision, int(batch), args.repeats,
-                                                    args.accumulate, reference))
-                    torch.cuda.empty_cache()
+                                                    args.accumulate, reference, device))
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
             table.append((name, entry))
             results["workloads"][name] = {**entry, "rows": [r.__dict__ | {"total": r.total} for r in entry["rows"]]}
     args.out.mkdir(parents=True, exist_ok=True)

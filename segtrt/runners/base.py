@@ -35,7 +35,7 @@ class Runner(abc.ABC):
     fixed_batch_size: int | None = None
 
     def __init__(self, device: torch.device | str) -> None:
-        self.device = torch.device(device)
+        self.device = _indexed(torch.device(device))
         self.is_active = False
 
     # lifecycle -------------------------------------------------------------------------------
@@ -66,7 +66,7 @@ class Runner(abc.ABC):
         """
         if not self.is_active:
             raise RuntimeError(f"{self.name} runner used before activate()")
-        if batch.device != self.device:
+        if _indexed(batch.device) != self.device:
             raise RuntimeError(f"{self.name} runner on {self.device} got a batch on {batch.device}")
         if self.fixed_batch_size is not None and batch.shape[0] != self.fixed_batch_size:
             raise SegtrtError(
@@ -89,3 +89,10 @@ class Runner(abc.ABC):
     def describe(self) -> dict:
         """What ran, for the run report."""
         return {"backend": self.name, "device": str(self.device)}
+
+
+def _indexed(device: torch.device) -> torch.device:
+    """'cuda' -> 'cuda:N' (the current device), so devices compare equal however they were named."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
