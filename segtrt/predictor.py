@@ -76,7 +76,9 @@ class Predictor:
             step_size=settings.step_size,
             mirror_axes=tuple(mirror_axes) if settings.mirror else (),
             batch_size=settings.batch_size,
-            max_call_batch=_smallest(r.max_batch_size for r in self.runners),
+            # flips of a window group go through in calls of at most batch_size patches, so device
+            # memory follows --batch-size rather than batch_size x 8 flips
+            max_call_batch=_smallest([settings.batch_size, *(r.max_batch_size for r in self.runners)]),
             fixed_call_batch=_smallest(r.fixed_batch_size for r in self.runners),
             accumulate_dtype=ACCUMULATE_DTYPES[settings.accumulate_dtype],
         )

@@ -32,7 +32,7 @@ def register(subparsers) -> None:
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--step-size", type=float, default=0.5, help="window step as a fraction of the patch (0, 1]")
     p.add_argument("--no-tta", action="store_true", help="disable test-time mirroring")
-    p.add_argument("--batch-size", type=int, default=4, help="patches per forward pass")
+    p.add_argument("--batch-size", type=int, default=4, help="patches (and their mirror flips) per forward pass; device memory grows with it")
     p.add_argument("--accumulate", default="float32", choices=("float32", "float16"),
                    help="dtype of the logit accumulator on the device")
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz probabilities")

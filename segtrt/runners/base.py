@@ -94,5 +94,5 @@ class Runner(abc.ABC):
 def _indexed(device: torch.device) -> torch.device:
     """'cuda' -> 'cuda:N' (the current device), so devices compare equal however they were named."""
     if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
     return device
