@@ -136,11 +136,18 @@ def _validate_dataset(dataset: dict, path: Path) -> None:
         if key not in dataset:
             raise ModelFolderError(f"{path} has no '{key}'; expected a dataset.json written by nnU-Net v2")
     labels = dataset["labels"]
-    if not isinstance(labels, dict) or "background" not in labels or not _is_background(labels["background"]):
-        raise ModelFolderError(f"{path}: 'labels' must map 'background' to 0, got {labels!r}")
+    try:
+        heads = _num_segmentation_heads(labels)
+        background_ok = _is_background(labels["background"])
+    except (AttributeError, KeyError, TypeError, ValueError):
+        background_ok = False
+    if not background_ok:
+        raise ModelFolderError(
+            f"{path}: 'labels' must map names to integer labels (or lists of them for regions), "
+            f"with 'background' = 0; got {labels!r}"
+        )
     if _has_regions(labels):
         order = dataset.get("regions_class_order")
-        heads = _num_segmentation_heads(labels)
         if not isinstance(order, list) or len(order) != heads:
             raise ModelFolderError(
                 f"{path} defines {heads} regions but 'regions_class_order' is {order!r}; "
@@ -182,7 +189,10 @@ def resolve_configuration(plans: dict, name: str) -> dict:
 def _three_d_configurations(plans: dict) -> list[str]:
     names = []
     for name in plans.get("configurations", {}):
-        config = resolve_configuration(plans, name)
+        try:
+            config = resolve_configuration(plans, name)
+        except ModelFolderError:
+            continue  # a broken configuration is only an error when it is the one requested
         if len(config.get("patch_size", ())) == 3 and config.get("previous_stage") is None:
             names.append(name)
     return names
@@ -244,7 +254,7 @@ def _detect_folds(folder: Path, checkpoint_name: str) -> tuple[str, ...]:
 
 
 def _check_folds(folder: Path, folds: Iterable[int | str], checkpoint_name: str) -> tuple[str, ...]:
-    names = tuple(str(f) for f in folds)
+    names = tuple(str(int(f)) if str(f).isdigit() else str(f) for f in folds)  # "00" -> "0" as nnU-Net
     if not names:
         raise ModelFolderError("an empty list of folds was given; give fold numbers, 'all', or none to use every fold")
     for name in names:
