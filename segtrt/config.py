@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 PRECISIONS = ("fp32", "fp16")
@@ -32,7 +32,7 @@ class PredictSettings:
     accumulate_dtype: dtype of the logit/weight accumulators on the device.
     """
 
-    device: str = "cuda"
+    device: str = "auto"
     step_size: float = 0.5
     mirror: bool = True
     batch_size: int = 4
@@ -44,4 +44,3 @@ class PredictSettings:
     configuration: str | None = None
     checkpoint_name: str = "checkpoint_final.pth"
     trust_checkpoint: bool = False
-    extra: dict = field(default_factory=dict)
