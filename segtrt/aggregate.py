@@ -27,7 +27,7 @@ class LogitAccumulator:
         device = importance.device
         self.logits = torch.zeros((num_classes, *shape), dtype=dtype, device=device)
         self.weights = torch.zeros(tuple(shape), dtype=dtype, device=device)
-        self.importance = importance.to(dtype)
+        self.importance = _without_zeros(importance.to(dtype))
 
     def add(self, window: Window, patch_logits: torch.Tensor) -> None:
         """Add one patch's logits (K, *patch) at ``window``."""
@@ -44,3 +44,16 @@ class LogitAccumulator:
         """Averaged logits (K, Z, Y, X); the accumulator must not be used afterwards."""
         self.logits /= self.weights
         return self.logits
+
+
+def _without_zeros(weights: torch.Tensor) -> torch.Tensor:
+    """Keep every weight usable in the accumulator's dtype.
+
+    float32: the map already has no zeros (windows.gaussian_importance_map). float16: the Gaussian's
+    corners (down to ~1e-9) underflow to 0 or to subnormals, where products with logits lose all
+    precision and voxels covered only by corners become 0 / 0; they are raised to 1e-3 of the peak.
+    This only changes relative weights where several window corners overlap.
+    """
+    if weights.dtype == torch.float16:
+        return weights.clamp_min(weights.max() * 1e-3)
+    return weights
