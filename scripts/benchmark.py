@@ -133,14 +133,19 @@ class Row:
     mirror: bool
     seconds: dict = field(default_factory=dict)
     agreement: float | None = None
+    dice: dict | None = None
     peak_gb: float | None = None
+    reserved_gb: float | None = None
+    first_call_s: float | None = None
+    streamed: bool | None = None
 
     @property
     def total(self) -> float:
         return sum(self.seconds.values())
 
 
-def run_nnunet(folder: Path, image: np.ndarray, w: Workload, mirror: bool, device) -> tuple[Row, np.ndarray]:
+def run_nnunet(folder: Path, image: np.ndarray, w: Workload, mirror: bool, device,
+               repeats: int = 1) -> tuple[Row, np.ndarray]:
     from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
     from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -151,7 +156,10 @@ def run_nnunet(folder: Path, image: np.ndarray, w: Workload, mirror: bool, devic
     pm, cm = pred.plans_manager, pred.configuration_manager
     props = {"spacing": list(w.spacing)}
     row = Row("nnU-Net v2", mirror)
-    for rep in range(2):  # first is warm-up
+    # warm-up on one window (CUDA context, cuDNN autotuning of the patch shape), then timed runs
+    pred.predict_logits_from_preprocessed_data(torch.zeros((1, *w.patch)))
+    times = []
+    for _ in range(repeats):
         t0 = time.perf_counter()
         ppa = PreprocessAdapterFromNpy([image], [None], [props], [None], pm, pred.dataset_json, cm, num_threads_in_multithreaded=1)
         dct = next(ppa)
@@ -163,71 +171,122 @@ def run_nnunet(folder: Path, image: np.ndarray, w: Workload, mirror: bool, devic
         seg = convert_predicted_logits_to_segmentation_with_correct_shape(
             logits, pm, cm, pm.get_label_manager(pred.dataset_json), dct["data_properties"])
         t3 = time.perf_counter()
+        times.append((t1 - t0, t2 - t1, t3 - t2))
+    t0, t1, t2, t3 = 0.0, *np.cumsum([statistics.median(column) for column in zip(*times)])
     row.seconds = {"preprocess": t1 - t0, "network": t2 - t1, "export": t3 - t2}
     return row, seg
 
 
-def run_segtrt(folder: Path, image: np.ndarray, w: Workload, mirror: bool, precision: str, batch: int,
-               repeats: int, accumulate: str, reference: np.ndarray | None, device: torch.device) -> Row:
-    settings = PredictSettings(device=str(device), mirror=mirror, precision=precision, batch_size=batch,
-                               accumulate_dtype=accumulate)
+def run_segtrt(folder: Path, image: np.ndarray, w: Workload, mirror: bool, variant: "Variant",
+               repeats: int, accumulate: str, reference: np.ndarray | None, device: torch.device,
+               stream: str = "auto") -> Row:
+    settings = PredictSettings(device=str(device), mirror=mirror, precision=variant.precision,
+                               batch_size=variant.batch, accumulate_dtype=accumulate, compile=variant.compile,
+                               cuda_graph=variant.path == "graph", **({"stream": stream} if stream != "auto" else {}))
     model = load_model(folder, device=device)
     runners, _ = create_runners(model, settings, device)
-    row = Row(f"segtrt torch {precision} b{batch}", mirror)
+    row = Row(f"segtrt {variant.label}", mirror)
     runs = []
     with Predictor(model.folder, runners, settings, model.mirror_axes, device) as predictor:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
         for rep in range(repeats + 1):
+            if device.type == "cuda" and rep == 1:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
             prediction = predictor.predict_image(image, w.spacing)
             if rep:
                 runs.append(prediction.seconds)
+        row.first_call_s = runners[0].describe().get("first_call_seconds")
+        row.streamed = getattr(prediction, "streamed", None)
     row.seconds = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    row.peak_gb = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    if device.type == "cuda":
+        row.peak_gb = torch.cuda.max_memory_allocated() / 2**30
+        row.reserved_gb = torch.cuda.max_memory_reserved() / 2**30
     if reference is not None:
         row.agreement = float((prediction.labels == reference).mean())
+        row.dice = dice_per_label(prediction.labels, reference, w.classes)
+    del predictor, runners, model
+    torch._dynamo.reset()
     return row
 
 
-def network_ms_per_patch(folder: Path, w: Workload, precision: str, batch: int, device: torch.device) -> dict:
-    """Network alone: CUDA-event median ms per patch at ``batch`` and the effective TFLOP/s."""
+def dice_per_label(labels: np.ndarray, reference: np.ndarray, classes: int) -> dict[int, float]:
+    """Dice of each foreground label against nnU-Net's labels (labels absent from both are left out)."""
+    out = {}
+    for label in range(1, classes):
+        a, b = labels == label, reference == label
+        total = int(a.sum()) + int(b.sum())
+        if total:
+            out[label] = 2.0 * int((a & b).sum()) / total
+    return out
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One segtrt configuration: ``precision:batch[:path]``, path eager | compile | autotune | graph."""
+
+    precision: str
+    batch: int
+    path: str = "eager"
+
+    @classmethod
+    def parse(cls, spec: str) -> "Variant":
+        parts = spec.split(":")
+        return cls(parts[0], int(parts[1]), parts[2] if len(parts) > 2 else "eager")
+
+    @property
+    def compile(self) -> str:
+        return {"compile": "default", "autotune": "max-autotune-no-cudagraphs"}.get(self.path, "off")
+
+    @property
+    def label(self) -> str:
+        return f"torch {self.precision} b{self.batch}" + ("" if self.path == "eager" else f" {self.path}")
+
+
+def network_ms_per_patch(folder: Path, w: Workload, variant: Variant, device: torch.device) -> dict:
+    """Network alone through segtrt's torch runner: CUDA-event median ms per patch, effective TFLOP/s."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from segtrt.runners.torch_runner import TorchRunner
+
+    entry = {"variant": variant.label, "precision": variant.precision, "batch": variant.batch}
     if device.type != "cuda":
-        return {"precision": precision, "batch": batch, "ms_per_patch": float("nan"), "gflop_per_patch": float("nan"),
-                "tflops": float("nan")}
-    model = load_model(folder, device=device)
-    net = model.networks[0]
-    x = torch.randn((batch, 1, *w.patch), device=device)
-    with torch.inference_mode():
-        with FlopCounterMode(display=False) as counter:
-            net(x[:1])
-        flops = counter.get_total_flops()
-        ctx = torch.autocast("cuda", dtype=torch.float16) if precision == "fp16" else torch.autocast("cuda", enabled=False)
-        with ctx:
-            for _ in range(3):
-                net(x)
-            times = []
-            for _ in range(10):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                net(x)
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end) / batch)
+        return {**entry, "ms_per_patch": float("nan"), "gflop_per_patch": float("nan"), "tflops": float("nan")}
+    net = load_model(folder, device=device).networks[0].to(device).eval()
+    x = torch.randn((variant.batch, 1, *w.patch), device=device)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        net(x[:1])
+    flops = counter.get_total_flops()
+    compile_mode = None if variant.compile == "off" else variant.compile
+    runner = TorchRunner(net, device, variant.precision, compile_mode=compile_mode,
+                         cuda_graph=variant.path == "graph", batch_size=variant.batch)
+    with runner:
+        for _ in range(3):
+            runner.infer(x)
+        times = []
+        for _ in range(10):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            runner.infer(x)
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / variant.batch)
+    torch._dynamo.reset()
     ms = statistics.median(times)
-    return {"precision": precision, "batch": batch, "ms_per_patch": ms, "gflop_per_patch": flops / 1e9,
-            "tflops": flops / (ms * 1e-3) / 1e12}
+    return {**entry, "ms_per_patch": ms, "gflop_per_patch": flops / 1e9, "tflops": flops / (ms * 1e-3) / 1e12,
+            "first_call_s": runner.first_call_seconds}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workload", nargs="+", default=["wholebody"], choices=sorted(WORKLOADS))
     p.add_argument("--mirror", default="both", choices=("both", "on", "off"))
-    p.add_argument("--variants", nargs="+", default=["fp16:4", "fp32:4"], help="precision:batch for segtrt torch")
+    p.add_argument("--variants", nargs="+", default=["fp16:4", "fp16:4:compile", "fp32:4"],
+                   help="precision:batch[:path] for segtrt torch; path eager (default), compile, autotune, graph")
+    p.add_argument("--stream", default="auto", choices=("auto", "on", "off"), help="segtrt --stream")
     p.add_argument("--accumulate", default="float32", choices=("float32", "float16"))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-nnunet", action="store_true")
+    p.add_argument("--nnunet-repeats", type=int, default=1, help="timed nnU-Net runs (median) after a one-window warm-up")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     args = p.parse_args()
@@ -241,18 +300,21 @@ def main() -> int:
             folder = write_model_folder(Path(tmp), w)
             image = synthetic_ct(w)
             entry = {"workload": w.__dict__, "rows": [], "network": []}
-            for spec in args.variants:
-                precision, batch = spec.split(":")
-                entry["network"].append(network_ms_per_patch(folder, w, precision, int(batch), device))
+            variants = [Variant.parse(spec) for spec in args.variants]
+            for variant in variants:
+                entry["network"].append(network_ms_per_patch(folder, w, variant, device))
+                print(entry["network"][-1], flush=True)
             for mirror in mirrors:
                 reference = None
                 if not args.skip_nnunet:
-                    row, reference = run_nnunet(folder, image, w, mirror, device)
+                    row, reference = run_nnunet(folder, image, w, mirror, device, args.nnunet_repeats)
+                    print(row, flush=True)
                     entry["rows"].append(row)
-                for spec in args.variants:
-                    precision, batch = spec.split(":")
-                    entry["rows"].append(run_segtrt(folder, image, w, mirror, precision, int(batch), args.repeats,
-                                                    args.accumulate, reference, device))
+                for variant in variants:
+                    # segtrt gets the CT as its reader returns it (int16); nnU-Net's reader returns float32
+                    entry["rows"].append(run_segtrt(folder, image.astype(np.int16), w, mirror, variant, args.repeats,
+                                                    args.accumulate, reference, device, args.stream))
+                    print(entry["rows"][-1], flush=True)
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
             table.append((name, entry))
@@ -268,18 +330,20 @@ def print_table(gpu: str, table) -> None:
     for name, entry in table:
         print(f"\n== {name}  (network only)")
         for n in entry["network"]:
-            print(f"  {n['precision']} batch {n['batch']}: {n['ms_per_patch']:.2f} ms/patch, "
+            print(f"  {n['variant']}: {n['ms_per_patch']:.2f} ms/patch, "
                   f"{n['gflop_per_patch']:.0f} GFLOP/patch, {n['tflops']:.0f} TFLOP/s")
-        print(f"{'pipeline':26s} {'tta':>3s} {'pre s':>7s} {'net s':>7s} {'export s':>8s} {'total s':>8s} "
-              f"{'speedup':>8s} {'agree':>8s} {'peak GB':>8s}")
+        print(f"{'pipeline':30s} {'tta':>3s} {'pre s':>7s} {'net s':>7s} {'export s':>8s} {'total s':>8s} "
+              f"{'speedup':>8s} {'agree':>8s} {'min Dice':>8s} {'peak GB':>8s}")
         base = {r.mirror: r.total for r in entry["rows"] if r.pipeline.startswith("nnU-Net")}
         for r in entry["rows"]:
             s = r.seconds
             speed = f"{base[r.mirror] / r.total:7.1f}x" if r.mirror in base else "      -"
             agree = f"{r.agreement:8.5f}" if r.agreement is not None else "       -"
+            dice = f"{min(r.dice.values()):8.5f}" if r.dice else "       -"
             peak = f"{r.peak_gb:8.2f}" if r.peak_gb is not None else "       -"
-            print(f"{r.pipeline:26s} {int(r.mirror):3d} {s.get('preprocess', 0):7.2f} {s.get('network', 0):7.2f} "
-                  f"{s.get('export', 0):8.2f} {r.total:8.2f} {speed:>8s} {agree} {peak}")
+            pre = s.get("upload", 0) + s.get("preprocess", 0)
+            print(f"{r.pipeline:30s} {int(r.mirror):3d} {pre:7.2f} {s.get('network', 0):7.2f} "
+                  f"{s.get('export', 0):8.2f} {r.total:8.2f} {speed:>8s} {agree} {dice} {peak}")
 
 
 if __name__ == "__main__":

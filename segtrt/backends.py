@@ -10,7 +10,7 @@ import logging
 
 import torch
 
-from segtrt.config import BACKENDS, PredictSettings
+from segtrt.config import BACKENDS, COMPILE_MODES, PredictSettings
 from segtrt.errors import BackendUnavailableError
 from segtrt.runners.base import Runner
 from segtrt.runners.torch_runner import TorchRunner
@@ -26,8 +26,14 @@ def create_runners(model, settings: PredictSettings, device: torch.device) -> tu
     if backend == "auto":
         backend, reason = choose_backend(device)
         log.info("backend auto -> %s (%s)", backend, reason)
+    if backend != "torch" and (settings.compile != "off" or settings.cuda_graph):
+        raise BackendUnavailableError(f"--compile and --cuda-graph apply to the torch backend, not {backend}")
     if backend == "torch":
-        runners = [TorchRunner(net, device, settings.precision) for net in model.networks]
+        if settings.compile not in COMPILE_MODES:
+            raise BackendUnavailableError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {settings.compile!r}")
+        runners = [TorchRunner(net, device, settings.precision, compile_mode=COMPILE_MODES[settings.compile],
+                               cuda_graph=settings.cuda_graph, batch_size=settings.batch_size)
+                   for net in model.networks]
     elif backend == "onnxruntime":
         runners = _onnxruntime_runners(model, settings, device)
     else:

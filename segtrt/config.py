@@ -8,6 +8,8 @@ from pathlib import Path
 
 PRECISIONS = ("fp32", "fp16")
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "auto")
+#: --compile values -> torch.compile modes (None = eager).
+COMPILE_MODES = {"off": None, "default": "default", "max-autotune": "max-autotune-no-cudagraphs"}
 
 #: Folder of the embedded default model (``sample_data/model`` in a source checkout).
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "sample_data" / "model"
@@ -30,6 +32,9 @@ class PredictSettings:
     batch_size: patches per forward pass (mirror flips are batched on top when they fit).
     precision: network precision; ``fp16`` is autocast (torch) or an fp16 graph (ONNX/TensorRT).
     accumulate_dtype: dtype of the logit/weight accumulators on the device.
+    compile: torch backend only: ``off``, ``default`` or ``max-autotune`` (torch.compile, kernels cached
+        on disk; the first run on a machine compiles).
+    cuda_graph: torch backend only: replay the network from CUDA graphs (one capture per batch shape).
     """
 
     device: str = "auto"
@@ -44,3 +49,5 @@ class PredictSettings:
     configuration: str | None = None
     checkpoint_name: str = "checkpoint_final.pth"
     trust_checkpoint: bool = False
+    compile: str = "off"
+    cuda_graph: bool = False

@@ -23,6 +23,7 @@ from segtrt.preprocess import PreprocessPlan, preprocess
 from segtrt.runners.base import Runner
 from segtrt.sliding import SlidingWindowOptions, sliding_window_logits
 from segtrt.timing import StageTimer
+from segtrt.transfer import to_device
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,9 @@ class Predictor:
         self, image: np.ndarray, spacing: Sequence[float], progress: Callable[[int, int], None] | None
     ) -> Prediction:
         timer = StageTimer(self.device)
+        with timer.stage("upload"):
+            tensor = to_device(image, self.device)
         with timer.stage("preprocess"):
-            tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(self.device)
             pre = preprocess(tensor, tuple(float(s) for s in spacing), self.plan)
             del tensor
         with timer.stage("network"):

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from segtrt.config import BACKENDS, DEFAULT_MODEL_DIR, PRECISIONS, PredictSettings
+from segtrt.config import BACKENDS, COMPILE_MODES, DEFAULT_MODEL_DIR, PRECISIONS, PredictSettings
 from segtrt.run import run_prediction
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,10 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="patches (and their mirror flips) per forward pass; device memory grows with it")
     p.add_argument("--accumulate", default="float32", choices=("float32", "float16"),
                    help="dtype of the logit accumulator on the device")
+    p.add_argument("--compile", default="off", choices=tuple(COMPILE_MODES),
+                   help="torch backend: compile the network (kernels cached on disk; the first run compiles, "
+                        "max-autotune for minutes)")
+    p.add_argument("--cuda-graph", action="store_true", help="torch backend: replay the network from CUDA graphs")
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz probabilities")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load checkpoints holding Python objects outside nnU-Net's allow-list (runs pickled code)")
@@ -56,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
         configuration=args.configuration,
         checkpoint_name=args.checkpoint,
         trust_checkpoint=args.trust_checkpoint,
+        compile=args.compile,
+        cuda_graph=args.cuda_graph,
     )
     show_progress = not args.no_progress and sys.stderr.isatty()
     report = run_prediction(args.model, args.inputs, args.output, settings, progress_bar=show_progress)

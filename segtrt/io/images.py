@@ -1,7 +1,9 @@
-"""Read the channels of one case into a (C, Z, Y, X) float32 array and its Geometry.
+"""Read the channels of one case into a (C, Z, Y, X) array and its Geometry.
 
 Same semantics as nnU-Net v2's ``SimpleITKIO.read_images``: SimpleITK reads each file, the array is in
-(z, y, x) order, SimpleITK's (x, y, z) spacing is reversed, values are cast to float32. Stricter than
+(z, y, x) order, SimpleITK's (x, y, z) spacing is reversed, values are float32 — except that 8- and
+16-bit integer images (most CT and MR files) stay integers: every such value is exactly a float32, so
+casting later (on the GPU, after a transfer of half the bytes) gives nnU-Net's float32 array. Stricter than
 nnU-Net: every channel must be a scalar 3D image and all channels must share shape, spacing, origin and
 direction (nnU-Net only warns about origin and direction). Inputs are only read, never modified.
 """
@@ -25,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 #: File endings read by :func:`read_image` (a folder is read as a DICOM series).
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
+#: Integer dtypes kept as read: each value is exactly representable in float32.
+COMPACT_DTYPES = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.uint16))
 _EXPECTED = "a 3D NIfTI (.nii/.nii.gz), NRRD (.nrrd) or MetaImage (.mha) file, or a DICOM series folder"
 
 
@@ -40,7 +44,8 @@ def image_ending(path: Path) -> str | None:
 def read_image(paths: Sequence[Path]) -> tuple[np.ndarray, Geometry]:
     """Read one case: each path is one channel, in order.
 
-    Returns the image as a (C, Z, Y, X) float32 array and the geometry shared by all channels.
+    Returns the image as a (C, Z, Y, X) array and the geometry shared by all channels. Its dtype is
+    the files' own when every channel has the same 8- or 16-bit integer type, float32 otherwise.
     Raises InputImageError (one line naming the file) when a channel cannot be read, is not a scalar
     3D image, or does not share the first channel's geometry.
     """
@@ -49,12 +54,17 @@ def read_image(paths: Sequence[Path]) -> tuple[np.ndarray, Geometry]:
         raise InputImageError(f"no image given; expected one path per channel ({_EXPECTED})")
     first = read_channel(paths[0])
     geometry = Geometry.from_sitk(first)
-    data = np.empty((len(paths), *geometry.shape), dtype=np.float32)
-    data[0] = sitk.GetArrayViewFromImage(first)
-    del first
-    for index, path in enumerate(paths[1:], start=1):
+    images = [first]
+    for path in paths[1:]:
         image = read_channel(path)
         _check_same_geometry(Geometry.from_sitk(image), geometry, path, paths[0])
+        images.append(image)
+    dtypes = {sitk.GetArrayViewFromImage(image).dtype for image in images}
+    dtype = dtypes.pop() if len(dtypes) == 1 else np.float32
+    if dtype not in COMPACT_DTYPES:
+        dtype = np.float32
+    data = np.empty((len(paths), *geometry.shape), dtype=dtype)
+    for index, image in enumerate(images):
         data[index] = sitk.GetArrayViewFromImage(image)
     logger.debug("read %d channel(s): %s", len(paths), geometry.describe())
     return data, geometry

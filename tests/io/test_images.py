@@ -57,8 +57,9 @@ def test_real_ct_identical_to_nnunet(data_dir: Path) -> None:
     ct = data_dir / "example_ct_sm.nii.gz"
     data, geometry = read_image([ct])
     reference, properties = nnunet_read([ct])
-    assert data.dtype == np.float32 and data.shape == (1, 30, 101, 122)
-    assert_array_equal(data, reference)
+    # the file is int16: kept compact, and exactly nnU-Net's float32 array once cast
+    assert data.dtype == np.int16 and reference.dtype == np.float32 and data.shape == (1, 30, 101, 122)
+    assert_array_equal(data.astype(np.float32), reference)
     assert list(geometry.spacing) == list(properties["spacing"])
     assert geometry.origin == properties["sitk_stuff"]["origin"]
     assert geometry.direction == properties["sitk_stuff"]["direction"]
@@ -89,6 +90,19 @@ def test_synthetic_channels_identical_to_nnunet(tmp_path: Path, ending: str) -> 
     assert geometry.origin == properties["sitk_stuff"]["origin"]
     assert geometry.direction == properties["sitk_stuff"]["direction"]
     assert geometry.spacing == tuple(reversed(properties["sitk_stuff"]["spacing"]))
+
+
+@pytest.mark.parametrize(("dtypes", "expected"), [
+    ((np.uint8,), np.uint8), ((np.int16, np.int16), np.int16), ((np.uint16,), np.uint16),
+    ((np.int16, np.uint8), np.float32), ((np.int32,), np.float32), ((np.float64,), np.float32),
+])
+def test_compact_integer_images_keep_their_dtype(tmp_path: Path, dtypes, expected) -> None:
+    channels = [make_image(tmp_path / f"case_{i:04d}.nii.gz", (_rng_volume(i, np.float64) % 200).astype(t))
+                for i, t in enumerate(dtypes)]
+    data, _ = read_image(channels)
+    reference, _ = nnunet_read(channels)
+    assert data.dtype == expected
+    assert_array_equal(data.astype(np.float32), reference)
 
 
 def test_synthetic_geometry_agrees_with_nibabel(tmp_path: Path) -> None:
