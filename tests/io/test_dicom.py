@@ -79,7 +79,9 @@ def test_real_series_geometry_matches_totalsegmentator_nifti(data_dir: Path) -> 
 def test_real_series_through_read_image(data_dir: Path) -> None:
     assert list_dicom_series(data_dir / "example_ct_dicom") == ("",)  # anonymized: empty Series UID
     data, geometry = read_image([data_dir / "example_ct_dicom"])
-    assert data.shape == (1, 20, 512, 512) and data.dtype == np.float32
+    # The series stores HU as 16-bit integers; read_image keeps them compact (cast on the device).
+    assert data.shape == (1, 20, 512, 512) and data.dtype == np.int16
+    assert data.min() <= -1000
     assert geometry.spacing == (2.0, 0.9765625, 0.9765625)
 
 
