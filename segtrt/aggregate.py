@@ -1,4 +1,4 @@
-"""Accumulate Gaussian-weighted patch logits into a whole-volume prediction, on the device."""
+"""Accumulate Gaussian-weighted patch logits on the device: over a whole volume, or a z-slab of it."""
 
 from __future__ import annotations
 
@@ -31,9 +31,10 @@ class LogitAccumulator:
 
     def add(self, window: Window, patch_logits: torch.Tensor) -> None:
         """Add one patch's logits (K, *patch) at ``window``."""
-        region = (slice(None), *window.to_slices())
-        self.logits[region].addcmul_(patch_logits.to(self.logits.dtype), self.importance)
-        self.weights[window.to_slices()] += self.importance
+        slices = self._local_slices(window)
+        # addcmul_ promotes float16 logits into a float32 accumulator itself: no (K, *patch) copy
+        self.logits[(slice(None), *slices)].addcmul_(patch_logits, self.importance)
+        self.weights[slices] += self.importance
 
     def add_batch(self, windows: Sequence[Window], batch_logits: torch.Tensor) -> None:
         """Add (N, K, *patch) logits at ``windows`` (len N)."""
@@ -44,6 +45,62 @@ class LogitAccumulator:
         """Averaged logits (K, Z, Y, X); the accumulator must not be used afterwards."""
         self.logits /= self.weights
         return self.logits
+
+    def _local_slices(self, window: Window) -> tuple[slice, ...]:
+        return window.to_slices()
+
+
+class SlabAccumulator(LogitAccumulator):
+    """A :class:`LogitAccumulator` over z in [origin, origin + depth) of a taller padded volume.
+
+    shape: (depth, Y, X), depth = the patch's z size, so that every window of one row (windows
+    sharing a z start equal to ``origin``) fits. Windows are given in volume coordinates. Once a row
+    is done, slices below the next row's start are final: read them with :meth:`averaged`, then
+    :meth:`advance` the slab to the next row.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        shape: Sequence[int],
+        importance: torch.Tensor,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__(num_classes, shape, importance, dtype)
+        self.origin = 0
+
+    @property
+    def depth(self) -> int:
+        return self.weights.shape[0]
+
+    def averaged(self, channel: int, local_z: slice) -> torch.Tensor:
+        """Averaged logits of one channel over slab slices ``local_z``: a new (n, Y, X) tensor in ``dtype``."""
+        return self.logits[channel, local_z] / self.weights[local_z]
+
+    def advance(self, count: int) -> None:
+        """Move the slab ``count`` slices up in z (0 < count <= depth); the new top slices are zero.
+
+        The kept slices move down in blocks of at most ``count`` slices, bottom first, so that no
+        block overlaps the slices it reads (no whole-slab temporary on the device).
+        """
+        if not 0 < count <= self.depth:
+            raise ValueError(f"can advance a slab of {self.depth} slices by 1..{self.depth}, got {count}")
+        for start in range(0, self.depth - count, count):
+            stop = min(start + count, self.depth - count)
+            self.logits[:, start:stop] = self.logits[:, start + count : stop + count]
+            self.weights[start:stop] = self.weights[start + count : stop + count]
+        self.logits[:, self.depth - count :].zero_()
+        self.weights[self.depth - count :].zero_()
+        self.origin += count
+
+    def _local_slices(self, window: Window) -> tuple[slice, ...]:
+        low = window.start[0] - self.origin
+        if low < 0 or low + window.size[0] > self.depth:
+            raise ValueError(
+                f"window at z {window.start[0]} (size {window.size[0]}) is outside the slab "
+                f"[{self.origin}, {self.origin + self.depth})"
+            )
+        return (slice(low, low + window.size[0]), *window.to_slices()[1:])
 
 
 def _without_zeros(weights: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,12 @@ class PredictSettings:
     compile: torch backend only: ``off``, ``default`` or ``max-autotune`` (torch.compile, kernels cached
         on disk; the first run on a machine compiles).
     cuda_graph: torch backend only: replay the network from CUDA graphs (one capture per batch shape).
+    stream: ``auto``, ``on`` or ``off``: z-streamed aggregation, a patch-tall slab of accumulators on
+        the device and the finished logits on the host as float16 (segtrt.streaming); ``auto`` streams
+        on CUDA when whole-volume accumulators would exceed 4 GiB.
+    overlap_io: in a batch, read the next case and write the previous one in two background threads
+        while the current case is on the device (segtrt.pipeline; at most one case read ahead, one
+        write in flight); ``False`` does read -> predict -> write strictly in sequence.
     """
 
     device: str = "auto"
@@ -51,3 +57,5 @@ class PredictSettings:
     trust_checkpoint: bool = False
     compile: str = "off"
     cuda_graph: bool = False
+    stream: str = "auto"
+    overlap_io: bool = True

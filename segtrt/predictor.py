@@ -7,6 +7,7 @@ channels first in array order (C, Z, Y, X) with spacing (z, y, x) in mm, as read
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -21,7 +22,8 @@ from segtrt.nnunet import ModelFolder
 from segtrt.postprocess import logits_to_probabilities, logits_to_segmentation
 from segtrt.preprocess import PreprocessPlan, preprocess
 from segtrt.runners.base import Runner
-from segtrt.sliding import SlidingWindowOptions, sliding_window_logits
+from segtrt.sliding import SlidingWindowOptions, sliding_window_logits, streamed_window_logits
+from segtrt.streaming import StreamChoice, check_stream_mode, choose_streaming, padded_shape
 from segtrt.timing import StageTimer
 from segtrt.transfer import to_device
 
@@ -32,12 +34,16 @@ ACCUMULATE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 @dataclass
 class Prediction:
-    """labels (Z, Y, X) integer in the input's array order; probabilities (K, Z, Y, X) or None."""
+    """labels (Z, Y, X) integer in the input's array order; probabilities (K, Z, Y, X) or None.
+
+    aggregation: whole-volume or z-streamed logits, and why (segtrt.streaming).
+    """
 
     labels: np.ndarray
     probabilities: np.ndarray | None
     seconds: dict[str, float] = field(default_factory=dict)
     windows: int = 0
+    aggregation: StreamChoice | None = None
 
 
 @dataclass
@@ -49,6 +55,7 @@ class CaseResult:
     probabilities: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    aggregation: StreamChoice | None = None
 
     @property
     def ok(self) -> bool:
@@ -71,6 +78,7 @@ class Predictor:
         self.settings = settings
         self.device = device
         self.plan = PreprocessPlan.from_nnunet(folder.plans, folder.configuration)
+        check_stream_mode(settings.stream)
         self.options = SlidingWindowOptions(
             patch_size=tuple(int(p) for p in folder.patch_size),
             num_classes=folder.num_segmentation_heads,
@@ -111,32 +119,60 @@ class Predictor:
             pre = preprocess(tensor, tuple(float(s) for s in spacing), self.plan)
             del tensor
         with timer.stage("network"):
-            logits = sliding_window_logits(pre.data, self.runners, self.options, progress)
+            logits, aggregation = self._sliding_window(pre.data, progress)
         with timer.stage("export"):
+            # streamed logits live on the host: export fetches a few channels at a time to the device
             regions = self.folder.regions_class_order
-            labels = logits_to_segmentation(logits, pre, self.plan, regions).cpu().numpy()
+            labels = logits_to_segmentation(logits, pre, self.plan, regions, device=self.device).cpu().numpy()
             probabilities = None
             if self.settings.save_probabilities:
-                probs = logits_to_probabilities(logits, pre, self.plan, regions)
+                probs = logits_to_probabilities(logits, pre, self.plan, regions, device=self.device)
                 probabilities = probs.float().cpu().numpy()
-        return Prediction(labels, probabilities, timer.seconds)
+        return Prediction(labels, probabilities, timer.seconds, aggregation=aggregation)
+
+    def _sliding_window(
+        self, data: torch.Tensor, progress: Callable[[int, int], None] | None
+    ) -> tuple[torch.Tensor, StreamChoice]:
+        """Logits (K, z, y, x) of ``data`` (C, z, y, x): on the device, or float16 on the host if streamed."""
+        choice = choose_streaming(self.settings.stream, self.options.num_classes,
+                                  padded_shape(data.shape[1:], self.options.patch_size),
+                                  self.options.accumulate_dtype, self.device)
+        log.info("aggregation: %s", choice.reason)
+        aggregate = streamed_window_logits if choice.streamed else sliding_window_logits
+        return aggregate(data, self.runners, self.options, progress), choice
 
     def predict_case(
         self, case: Case, output_dir: Path, progress: Callable[[int, int], None] | None = None
     ) -> CaseResult:
-        """Read, segment and write one case; the output is ``output_dir/<case_id><file_ending>``."""
-        timer = StageTimer()
-        with timer.stage("read"):
-            image, geometry = read_image(case.channels)
+        """Read, segment and write one case in sequence; the output is ``output_dir/<case_id>.nii.gz``."""
+        image, geometry, read_seconds = self.read_case(case)
         prediction = self.predict_image(image, geometry.spacing, progress)
-        result = CaseResult(case.case_id, seconds=dict(prediction.seconds))
-        with timer.stage("write"):
-            result.output = write_segmentation(output_dir / f"{case.case_id}.nii.gz", prediction.labels, geometry)
-            if prediction.probabilities is not None:
-                result.probabilities = write_probabilities(
-                    output_dir / f"{case.case_id}.npz", prediction.probabilities
-                )
-        result.seconds.update(timer.seconds)
+        del image
+        prediction.seconds["read"] = read_seconds
+        return self.write_case(case, prediction, geometry, output_dir)
+
+    def read_case(self, case: Case) -> tuple[np.ndarray, Geometry, float]:
+        """Read ``case``'s channels: the (C, Z, Y, X) image, its geometry, and the wall seconds it took.
+
+        Host only (no device, no runner), so it may run on another thread than :meth:`predict_image`.
+        The caller owns the returned array.
+        """
+        start = time.perf_counter()
+        image, geometry = read_image(case.channels)
+        return image, geometry, time.perf_counter() - start
+
+    def write_case(self, case: Case, prediction: Prediction, geometry: Geometry, output_dir: Path) -> CaseResult:
+        """Write ``prediction`` as ``output_dir/<case_id>.nii.gz`` (and ``.npz`` probabilities if present).
+
+        Returns the case's result; its seconds are ``prediction.seconds`` plus 'write' (wall seconds).
+        Host only, so it may run on another thread; each file is written atomically (segtrt.io.writers).
+        """
+        start = time.perf_counter()
+        result = CaseResult(case.case_id, seconds=dict(prediction.seconds), aggregation=prediction.aggregation)
+        result.output = write_segmentation(output_dir / f"{case.case_id}.nii.gz", prediction.labels, geometry)
+        if prediction.probabilities is not None:
+            result.probabilities = write_probabilities(output_dir / f"{case.case_id}.npz", prediction.probabilities)
+        result.seconds["write"] = time.perf_counter() - start
         return result
 
     def _check_channels(self, received: int) -> None:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from segtrt import __version__
@@ -17,10 +18,11 @@ from segtrt.backends import create_runners
 from segtrt.config import PredictSettings
 from segtrt.devices import resolve_device
 from segtrt.errors import InputImageError, SegtrtError
-from segtrt.io import Case, discover_cases
+from segtrt.io import Case, Geometry, discover_cases
 from segtrt.io.writers import atomic_write_bytes
 from segtrt.nnunet import load_model
-from segtrt.predictor import CaseResult, Predictor
+from segtrt.pipeline import run_overlapped
+from segtrt.predictor import CaseResult, Prediction, Predictor
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,10 @@ REPORT_NAME = "segtrt_report.json"
 
 @dataclass
 class RunReport:
-    """Everything a run did: settings, device and backend choices with reasons, per-case results."""
+    """Everything a run did: settings, device and backend choices with reasons, per-case results.
+
+    io: how file IO was scheduled, ``{"overlapped": bool, ...}`` (see :func:`_predict_cases`).
+    """
 
     path: Path
     settings: dict
@@ -38,6 +43,7 @@ class RunReport:
     model: dict
     cases: list[CaseResult] = field(default_factory=list)
     seconds_total: float = 0.0
+    io: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         cases = [
@@ -48,7 +54,7 @@ class RunReport:
         body = {
             "segtrt_version": __version__, "torch": torch.__version__, "host": platform.node(),
             "settings": self.settings, "device": self.device, "backend": self.backend, "model": self.model,
-            "cases": cases, "failed": sum(not c.ok for c in self.cases), "seconds_total": self.seconds_total,
+            "io": self.io, "cases": cases, "failed": sum(not c.ok for c in self.cases), "seconds_total": self.seconds_total,
         }
         return json.dumps(body, indent=2, default=str)
 
@@ -79,26 +85,70 @@ def run_prediction(
     )
     output_dir.mkdir(parents=True, exist_ok=True)
     with Predictor(folder, runners, settings, model.mirror_axes, device) as predictor:
-        for case in cases:
-            report.cases.append(_predict_one(predictor, case, output_dir, progress_bar))
+        report.cases, report.io = _predict_cases(predictor, cases, output_dir, settings.overlap_io, progress_bar)
     report.seconds_total = time.perf_counter() - start
     atomic_write_bytes(report.path, report.to_json().encode())
     return report
+
+
+def _predict_cases(
+    predictor: Predictor, cases: list[Case], output_dir: Path, overlap_io: bool, progress_bar: bool
+) -> tuple[list[CaseResult], dict]:
+    """Every case's result, in the order of ``cases``, and the report's "io" entry."""
+    if not overlap_io:
+        results = [_predict_one(predictor, case, output_dir, progress_bar) for case in cases]
+        return results, {"overlapped": False, "reason": "overlap_io is off (--no-overlap-io)"}
+    steps = _OverlapSteps(predictor, output_dir, progress_bar)
+    run = run_overlapped(cases, predictor.read_case, steps.predict, steps.write, _failed_case)
+    waited = {kind: round(seconds, 3) for kind, seconds in run.waited.items()}
+    log.debug("file IO overlapped with device work; waited on reads/writes: %s s", waited)
+    return run.results, {"overlapped": True, "read_ahead": 1, "writes_in_flight": 1, "waited_seconds": waited}
 
 
 def _predict_one(predictor: Predictor, case: Case, output_dir: Path, progress_bar: bool) -> CaseResult:
     bar = _ProgressBar(case.case_id) if progress_bar else None
     try:
         return predictor.predict_case(case, output_dir, bar.update_windows if bar else None)
-    except SegtrtError as exc:
-        log.error("%s: %s", case.case_id, exc)
-        return CaseResult(case.case_id, error=str(exc))
-    except Exception as exc:  # a bad case must not stop the batch; the traceback goes to the log
-        log.exception("%s: unexpected error", case.case_id)
-        return CaseResult(case.case_id, error=f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # a bad case must not stop the batch
+        return _failed_case(case, exc)
     finally:
         if bar is not None:
             bar.close()
+
+
+def _failed_case(case: Case, exc: Exception) -> CaseResult:
+    """The result of a case that raised: a user error is one log line, anything else logs its traceback."""
+    if isinstance(exc, SegtrtError):
+        log.error("%s: %s", case.case_id, exc)
+        return CaseResult(case.case_id, error=str(exc))
+    log.error("%s: unexpected error", case.case_id, exc_info=exc)
+    return CaseResult(case.case_id, error=f"{type(exc).__name__}: {exc}")
+
+
+class _OverlapSteps:
+    """The predictor's per-case steps as segtrt.pipeline calls them (read is ``Predictor.read_case``).
+
+    ``predict`` runs on the calling thread (the device, the progress bar); ``write`` on the writer thread.
+    """
+
+    def __init__(self, predictor: Predictor, output_dir: Path, progress_bar: bool) -> None:
+        self.predictor, self.output_dir, self.progress_bar = predictor, output_dir, progress_bar
+
+    def predict(self, case: Case, loaded: tuple[np.ndarray, Geometry, float]) -> tuple[Prediction, Geometry]:
+        """Segment the read image (C, Z, Y, X); the result no longer holds the image."""
+        image, geometry, read_seconds = loaded
+        bar = _ProgressBar(case.case_id) if self.progress_bar else None
+        try:
+            prediction = self.predictor.predict_image(image, geometry.spacing, bar.update_windows if bar else None)
+        finally:
+            if bar is not None:
+                bar.close()
+        prediction.seconds["read"] = read_seconds
+        return prediction, geometry
+
+    def write(self, case: Case, predicted: tuple[Prediction, Geometry]) -> CaseResult:
+        prediction, geometry = predicted
+        return self.predictor.write_case(case, prediction, geometry, self.output_dir)
 
 
 def _refuse_overwriting_inputs(cases: list[Case], output_dir: Path) -> None:

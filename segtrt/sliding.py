@@ -3,6 +3,11 @@
 The network is any callable ``(N, C, *patch) -> (N, K, *patch)`` (a Runner, or a lambda in
 tests), so tiling never knows the backend. Several patches and all mirror flips go through one
 call when they fit; several networks (folds) are averaged like nnU-Net averages folds.
+
+Two ways to aggregate, sharing the window groups, the mirrored prediction and the importance map:
+:func:`sliding_window_logits` sums into whole-volume accumulators on the device;
+:func:`streamed_window_logits` walks the rows of windows (same z start) in increasing z with a
+patch-tall device slab and parks each finished z range on the host (segtrt.streaming).
 """
 
 from __future__ import annotations
@@ -14,12 +19,14 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from segtrt.aggregate import LogitAccumulator
+from segtrt.aggregate import LogitAccumulator, SlabAccumulator
+from segtrt.streaming import HostLogits
 from segtrt.windows import Window, compute_windows, gaussian_importance_map, mirror_combinations, padding_for
 
 log = logging.getLogger(__name__)
 
 PatchPredictor = Callable[[torch.Tensor], torch.Tensor]
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -40,60 +47,128 @@ def sliding_window_logits(
     data: torch.Tensor,
     predictors: Sequence[PatchPredictor],
     options: SlidingWindowOptions,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
-    """Average logits of ``predictors`` over windows covering ``data``.
+    """Average logits of ``predictors`` over windows covering ``data``, whole volume at once.
 
     data: (C, Z, Y, X) float32 on the device the predictors use. Returns (K, Z, Y, X) logits in
     ``options.accumulate_dtype`` on that device (padding removed). ``progress`` is called with
     (windows just finished, total windows) after each group.
     """
-    patch = tuple(options.patch_size)
-    pads = padding_for(data.shape[1:], patch)
-    padded = _pad(data, pads)
-    windows = compute_windows(padded.shape[1:], patch, options.step_size)
-    importance = torch.from_numpy(gaussian_importance_map(patch)).to(data.device)
-    acc = LogitAccumulator(options.num_classes, padded.shape[1:], importance, options.accumulate_dtype)
-    flips = mirror_combinations(options.mirror_axes)
-    log.debug("%d windows of %s, %d flips, %d networks", len(windows), patch, len(flips), len(predictors))
-    for group in _groups(windows, options.batch_size):
-        patches = torch.stack([padded[(slice(None), *w.to_slices())] for w in group])
-        for predict in predictors:
-            acc.add_batch(group, _predict_mirrored(predict, patches, flips, options))
-        if progress is not None:
-            progress(len(group), len(windows))
+    tiling = _Tiling(data, predictors, options, progress)
+    acc = LogitAccumulator(options.num_classes, tiling.padded.shape[1:], tiling.importance, options.accumulate_dtype)
+    for group in _groups(tiling.windows, options.batch_size):
+        tiling.add_group(group, acc)
     logits = acc.finalize()
-    return logits[(slice(None), *_unpad_slices(pads, padded.shape[1:]))]
+    return logits[(slice(None), *_unpad_slices(tiling.pads, tiling.padded.shape[1:]))]
+
+
+def streamed_window_logits(
+    data: torch.Tensor,
+    predictors: Sequence[PatchPredictor],
+    options: SlidingWindowOptions,
+    progress: Progress | None = None,
+) -> torch.Tensor:
+    """The same average as :func:`sliding_window_logits`, with device memory for one patch-tall slab.
+
+    data: (C, Z, Y, X) float32 on the predictors' device. Returns (K, Z, Y, X) float16 logits on the
+    host (pinned when ``data`` is on CUDA; the copies have landed). Rows of windows go in increasing z,
+    each in groups of at most ``options.batch_size``; after a row, the slices below the next row's
+    start receive nothing more and move to the host. Equal to the whole-volume result rounded to
+    float16 (relative 2**-11).
+    """
+    tiling = _Tiling(data, predictors, options, progress)
+    depth = options.patch_size[0]
+    acc = SlabAccumulator(options.num_classes, (depth, *tiling.padded.shape[2:]), tiling.importance,
+                          options.accumulate_dtype)
+    host = HostLogits(options.num_classes, data.shape[1:], tiling.pads, data.device)
+    rows = _rows(tiling.windows)
+    for index, row in enumerate(rows):
+        stop = rows[index + 1][0].start[0] if index + 1 < len(rows) else tiling.padded.shape[1]
+        done = stop - acc.origin
+        assert 0 < done <= depth, f"rows {acc.origin} -> {stop} are further apart than the patch ({depth})"
+        for group in _groups(row, options.batch_size):
+            tiling.add_group(group, acc)
+        host.write(acc, done)
+        if index + 1 < len(rows):
+            acc.advance(done)
+    return host.finish()
+
+
+class _Tiling:
+    """What both aggregations share: padded data, windows, importance map, flips and the group step."""
+
+    def __init__(self, data: torch.Tensor, predictors: Sequence[PatchPredictor], options: SlidingWindowOptions,
+                 progress: Progress | None) -> None:
+        patch = tuple(options.patch_size)
+        self.pads = padding_for(data.shape[1:], patch)
+        self.padded = _pad(data, self.pads)
+        self.windows = compute_windows(self.padded.shape[1:], patch, options.step_size)
+        self.importance = torch.from_numpy(gaussian_importance_map(patch)).to(data.device)
+        self.flips = mirror_combinations(options.mirror_axes)
+        self.predictors, self.options, self.progress = list(predictors), options, progress
+        log.debug("%d windows of %s, %d flips, %d networks", len(self.windows), patch, len(self.flips),
+                  len(self.predictors))
+
+    def add_group(self, group: list[Window], acc: LogitAccumulator) -> None:
+        """Predict the windows of ``group`` with every network and add them to ``acc``."""
+        patches = torch.stack([self.padded[(slice(None), *w.to_slices())] for w in group])
+        for predict in self.predictors:
+            acc.add_batch(group, _predict_mirrored(predict, patches, self.flips, self.options))
+        if self.progress is not None:
+            self.progress(len(group), len(self.windows))
 
 
 def _predict_mirrored(
     predict: PatchPredictor, patches: torch.Tensor, flips: list[tuple[int, ...]], options: SlidingWindowOptions
 ) -> torch.Tensor:
-    """Mean over flips of un-flipped logits for (N, C, *patch) patches -> (N, K, *patch) float32."""
+    """Mean over flips of un-flipped logits for (N, C, *patch) patches -> (N, K, *patch).
+
+    float32, except without mirroring in a single call: then the runner's own output (float16 for
+    fp16 runners), which the caller must consume before the runner is called again.
+
+    Each call's output is un-flipped and summed before the next call, so device memory holds the
+    (N, K, *patch) sum and one call's output, not the logits of all N x flips patches.
+    """
     count = patches.shape[0]
+    if len(flips) == 1 and not flips[0] and _one_call(count, options):
+        # nothing to average: the runner's output (its dtype) goes straight to the accumulator,
+        # which consumes it before the next call
+        return next(_call_in_chunks(predict, patches, options))[1]
     batch = torch.cat([_flip(patches, axes) for axes in flips]) if len(flips) > 1 else patches
-    logits = _call_in_chunks(predict, batch, options)
     total = None
-    for index, axes in enumerate(flips):
-        part = _flip(logits[index * count : (index + 1) * count], axes).float()
-        total = part if total is None else total.add_(part)
-    return total / len(flips) if len(flips) > 1 else total
+    for first, logits in _call_in_chunks(predict, batch, options):
+        last = first + logits.shape[0]
+        # the batch is flip-major: row r holds flip r // count of patch r % count
+        for flip in range(first // count, (last - 1) // count + 1):
+            lo, hi = max(first, flip * count), min(last, (flip + 1) * count)
+            part = _flip(logits[lo - first : hi - first], flips[flip]).float()
+            if total is None:
+                total = torch.zeros((count, *part.shape[1:]), dtype=torch.float32, device=part.device)
+            total[lo - flip * count : hi - flip * count] += part
+    return total.div_(len(flips)) if len(flips) > 1 else total
 
 
-def _call_in_chunks(predict: PatchPredictor, batch: torch.Tensor, options: SlidingWindowOptions) -> torch.Tensor:
-    """Run ``predict`` over ``batch`` in calls the backend accepts; pad a static-batch graph's last call."""
+def _call_in_chunks(
+    predict: PatchPredictor, batch: torch.Tensor, options: SlidingWindowOptions
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (first row, logits) of ``predict`` over ``batch`` in calls the backend accepts.
+
+    A static-batch graph's last call is padded with zeros and its padding rows dropped. A runner may
+    reuse its output buffer on the next call: consume each output before asking for the next.
+    """
     limit = options.fixed_call_batch or options.max_call_batch or batch.shape[0]
-    starts = range(0, batch.shape[0], limit)
-    outputs = []
-    for start in starts:
+    for start in range(0, batch.shape[0], limit):
         chunk = batch[start : start + limit]
         real = chunk.shape[0]
         if options.fixed_call_batch and real < limit:
             chunk = torch.cat([chunk, chunk.new_zeros((limit - real, *chunk.shape[1:]))])
-        out = predict(chunk.contiguous())[:real]
-        # a runner may reuse its output buffer on the next call: copy when there is one
-        outputs.append(out if len(starts) == 1 else out.clone())
-    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        yield start, predict(chunk.contiguous())[:real]
+
+
+def _one_call(count: int, options: SlidingWindowOptions) -> bool:
+    limit = options.fixed_call_batch or options.max_call_batch or count
+    return count <= limit
 
 
 def _flip(tensor: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
@@ -104,6 +179,17 @@ def _flip(tensor: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
 def _groups(windows: list[Window], size: int) -> Iterator[list[Window]]:
     for start in range(0, len(windows), max(size, 1)):
         yield windows[start : start + size]
+
+
+def _rows(windows: list[Window]) -> list[list[Window]]:
+    """Windows split into rows sharing a z start, in the (z-major) order compute_windows gives."""
+    rows: list[list[Window]] = []
+    for window in windows:
+        if rows and rows[-1][0].start[0] == window.start[0]:
+            rows[-1].append(window)
+        else:
+            rows.append([window])
+    return rows
 
 
 def _pad(data: torch.Tensor, pads: tuple[tuple[int, int], ...]) -> torch.Tensor:

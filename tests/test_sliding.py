@@ -90,3 +90,17 @@ def test_float16_accumulation_matches_float32():
     # = 8e-3 relative (measured max 9e-3 relative, 0.45 absolute on logits up to ~100)
     assert_allclose(half.float().numpy(), full.numpy(), rtol=1.5e-2, atol=0.1)
     assert (half.float().argmax(0) == full.argmax(0)).float().mean() > 0.999
+
+
+def test_runner_reusing_its_output_buffer():
+    """CUDA-graph and TensorRT runners return the same buffer every call: each output is used before the next."""
+    buffer = torch.empty((2, 1, 16, 16, 16))
+
+    def reuse(x):
+        return torch.mul(x, 2.0, out=buffer[: x.shape[0]])
+
+    data = torch.randn((1, 30, 21, 16), generator=torch.Generator().manual_seed(5))
+    opts = SlidingWindowOptions(patch_size=(16, 16, 16), num_classes=1, batch_size=3, mirror_axes=(0, 1),
+                                max_call_batch=2)
+    out = sliding_window_logits(data, [reuse], opts)
+    assert_allclose(out.numpy(), 2 * data.numpy(), rtol=1e-5, atol=1e-5)

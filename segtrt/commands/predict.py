@@ -35,6 +35,10 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="patches (and their mirror flips) per forward pass; device memory grows with it")
     p.add_argument("--accumulate", default="float32", choices=("float32", "float16"),
                    help="dtype of the logit accumulator on the device")
+    p.add_argument("--stream", default="auto", choices=("auto", "on", "off"),
+                   help="z-streamed aggregation: only a patch-tall slab of logits stays on the device and finished "
+                        "slices go to host memory as float16, for volumes x classes too large for the GPU "
+                        "(auto: on CUDA when whole-volume accumulators exceed 4 GiB)")
     p.add_argument("--compile", default="off", choices=tuple(COMPILE_MODES),
                    help="torch backend: compile the network (kernels cached on disk; the first run compiles, "
                         "max-autotune for minutes)")
@@ -42,6 +46,9 @@ def register(subparsers) -> None:
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz probabilities")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load checkpoints holding Python objects outside nnU-Net's allow-list (runs pickled code)")
+    p.add_argument("--no-overlap-io", action="store_true",
+                   help="read, predict and write each case strictly in sequence (default: read the next case and "
+                        "write the previous one in background threads while a case is on the device)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -62,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         trust_checkpoint=args.trust_checkpoint,
         compile=args.compile,
         cuda_graph=args.cuda_graph,
+        stream=args.stream,
+        overlap_io=not args.no_overlap_io,
     )
     show_progress = not args.no_progress and sys.stderr.isatty()
     report = run_prediction(args.model, args.inputs, args.output, settings, progress_bar=show_progress)
