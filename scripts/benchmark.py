@@ -196,7 +196,7 @@ def run_segtrt(folder: Path, image: np.ndarray, w: Workload, mirror: bool, varia
             if rep:
                 runs.append(prediction.seconds)
         row.first_call_s = runners[0].describe().get("first_call_seconds")
-        row.streamed = getattr(prediction, "streamed", None)
+        row.streamed = prediction.aggregation.streamed if prediction.aggregation else None
     row.seconds = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     if device.type == "cuda":
         row.peak_gb = torch.cuda.max_memory_allocated() / 2**30

@@ -30,11 +30,26 @@ class LogitAccumulator:
         self.importance = _without_zeros(importance.to(dtype))
 
     def add(self, window: Window, patch_logits: torch.Tensor) -> None:
-        """Add one patch's logits (K, *patch) at ``window``."""
-        slices = self._local_slices(window)
-        # addcmul_ promotes float16 logits into a float32 accumulator itself: no (K, *patch) copy
-        self.logits[(slice(None), *slices)].addcmul_(patch_logits, self.importance)
-        self.weights[slices] += self.importance
+        """Add one patch's logits (K, *patch) at ``window``, with the patch's weight."""
+        self.add_logits(window, patch_logits)
+        self.add_weight(window)
+
+    def add_logits(self, window: Window, patch_logits: torch.Tensor, scale: float = 1.0,
+                   flip_axes: tuple[int, ...] = ()) -> None:
+        """Add ``scale`` x importance x logits (K, *patch) at ``window``, without its weight.
+
+        flip_axes: spatial axes (0 = z) along which ``patch_logits`` are mirrored; they are flipped
+        back first. float16 logits go into a float32 accumulator without a float32 copy (addcmul_
+        promotes), so the extra device memory is at most one flipped patch.
+        """
+        if flip_axes:
+            patch_logits = torch.flip(patch_logits, [a + 1 for a in flip_axes])
+        region = (slice(None), *self._local_slices(window))
+        self.logits[region].addcmul_(patch_logits, self.importance, value=scale)
+
+    def add_weight(self, window: Window) -> None:
+        """Add the importance map to the weights at ``window`` (once per added prediction)."""
+        self.weights[self._local_slices(window)] += self.importance
 
     def add_batch(self, windows: Sequence[Window], batch_logits: torch.Tensor) -> None:
         """Add (N, K, *patch) logits at ``windows`` (len N)."""

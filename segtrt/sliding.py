@@ -111,42 +111,38 @@ class _Tiling:
                   len(self.predictors))
 
     def add_group(self, group: list[Window], acc: LogitAccumulator) -> None:
-        """Predict the windows of ``group`` with every network and add them to ``acc``."""
+        """Predict the windows of ``group`` with every network (and flip) and add them to ``acc``.
+
+        Each call's output goes into the accumulator before the next call, scaled by 1 / flips, so
+        device memory holds one call's output and one flipped patch, never a per-group sum.
+        """
         patches = torch.stack([self.padded[(slice(None), *w.to_slices())] for w in group])
+        scale = 1.0 / len(self.flips)
         for predict in self.predictors:
-            acc.add_batch(group, _predict_mirrored(predict, patches, self.flips, self.options))
+            for index, axes, logits in _mirrored_outputs(predict, patches, self.flips, self.options):
+                acc.add_logits(group[index], logits, scale, axes)
+            for window in group:
+                acc.add_weight(window)
         if self.progress is not None:
             self.progress(len(group), len(self.windows))
 
 
-def _predict_mirrored(
+def _mirrored_outputs(
     predict: PatchPredictor, patches: torch.Tensor, flips: list[tuple[int, ...]], options: SlidingWindowOptions
-) -> torch.Tensor:
-    """Mean over flips of un-flipped logits for (N, C, *patch) patches -> (N, K, *patch).
+) -> Iterator[tuple[int, tuple[int, ...], torch.Tensor]]:
+    """(patch index, flip axes, mirrored logits (K, *patch)) for every patch of (N, C, *patch) and flip.
 
-    float32, except without mirroring in a single call: then the runner's own output (float16 for
-    fp16 runners), which the caller must consume before the runner is called again.
-
-    Each call's output is un-flipped and summed before the next call, so device memory holds the
-    (N, K, *patch) sum and one call's output, not the logits of all N x flips patches.
+    All flips of all patches go through ``predict`` in calls of the size the backend accepts; the
+    logits are still mirrored (flip them back along the axes) and belong to the runner: consume each
+    before asking for the next.
     """
     count = patches.shape[0]
-    if len(flips) == 1 and not flips[0] and _one_call(count, options):
-        # nothing to average: the runner's output (its dtype) goes straight to the accumulator,
-        # which consumes it before the next call
-        return next(_call_in_chunks(predict, patches, options))[1]
-    batch = torch.cat([_flip(patches, axes) for axes in flips]) if len(flips) > 1 else patches
-    total = None
+    batch = torch.cat([_flip(patches, axes) for axes in flips]) if len(flips) > 1 else _flip(patches, flips[0])
     for first, logits in _call_in_chunks(predict, batch, options):
-        last = first + logits.shape[0]
         # the batch is flip-major: row r holds flip r // count of patch r % count
-        for flip in range(first // count, (last - 1) // count + 1):
-            lo, hi = max(first, flip * count), min(last, (flip + 1) * count)
-            part = _flip(logits[lo - first : hi - first], flips[flip]).float()
-            if total is None:
-                total = torch.zeros((count, *part.shape[1:]), dtype=torch.float32, device=part.device)
-            total[lo - flip * count : hi - flip * count] += part
-    return total.div_(len(flips)) if len(flips) > 1 else total
+        for offset in range(logits.shape[0]):
+            row = first + offset
+            yield row % count, flips[row // count], logits[offset]
 
 
 def _call_in_chunks(
@@ -164,11 +160,6 @@ def _call_in_chunks(
         if options.fixed_call_batch and real < limit:
             chunk = torch.cat([chunk, chunk.new_zeros((limit - real, *chunk.shape[1:]))])
         yield start, predict(chunk.contiguous())[:real]
-
-
-def _one_call(count: int, options: SlidingWindowOptions) -> bool:
-    limit = options.fixed_call_batch or options.max_call_batch or count
-    return count <= limit
 
 
 def _flip(tensor: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:

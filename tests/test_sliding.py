@@ -86,9 +86,10 @@ def test_float16_accumulation_matches_float32():
     )
     assert half.dtype == torch.float16
     assert torch.isfinite(half).all(), "window corners must not turn into 0 / 0"
-    # fp16 sums of up to ~16 weighted terms, each rounded to 11 significant bits: worst case ~16 * 2**-11
-    # = 8e-3 relative (measured max 9e-3 relative, 0.45 absolute on logits up to ~100)
-    assert_allclose(half.float().numpy(), full.numpy(), rtol=1.5e-2, atol=0.1)
+    # Every flip of every window is added on its own (no float32 per-group sum, to save memory): up to
+    # 8 windows x 4 flips = 32 fp16 additions per voxel, each rounding the product and the sum to 11
+    # significant bits: worst case ~64 * 2**-11 = 3e-2 relative; measured max 1.8e-2 relative.
+    assert_allclose(half.float().numpy(), full.numpy(), rtol=3e-2, atol=0.1)
     assert (half.float().argmax(0) == full.argmax(0)).float().mean() > 0.999
 
 
