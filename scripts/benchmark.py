@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import sys
@@ -288,11 +289,22 @@ def main() -> int:
     p.add_argument("--skip-nnunet", action="store_true")
     p.add_argument("--nnunet-repeats", type=int, default=1, help="timed nnU-Net runs (median) after a one-window warm-up")
     p.add_argument("--device", default="cuda")
+    p.add_argument("--memory-limit-gb", type=float, default=None,
+                   help="cap this process's CUDA memory (torch.cuda.set_per_process_memory_fraction), as on a smaller GPU")
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
+    p.add_argument("--log-debug", nargs="*", default=[], metavar="LOGGER", help="loggers to show at DEBUG (e.g. segtrt.transfer)")
     args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    for name in args.log_debug:
+        logging.getLogger(name).setLevel(logging.DEBUG)
     mirrors = {"both": [False, True], "on": [True], "off": [False]}[args.mirror]
     device = torch.device(args.device)
-    results = {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__, "workloads": {}}
+    if args.memory_limit_gb is not None:
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(args.memory_limit_gb * 2**30 / total,
+                                                  device.index if device.index is not None else torch.cuda.current_device())
+    results = {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
+               "memory_limit_gb": args.memory_limit_gb, "argv": sys.argv[1:], "workloads": {}}
     table = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.workload:
@@ -319,8 +331,9 @@ def main() -> int:
                         torch.cuda.empty_cache()
             table.append((name, entry))
             results["workloads"][name] = {**entry, "rows": [r.__dict__ | {"total": r.total} for r in entry["rows"]]}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "benchmark.json").write_text(json.dumps(results, indent=1, default=str))
+            # written after every workload, so a run cut short keeps what it measured
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "benchmark.json").write_text(json.dumps(results, indent=1, default=str))
     print_table(results["gpu"], table)
     return 0
 
@@ -333,7 +346,7 @@ def print_table(gpu: str, table) -> None:
             print(f"  {n['variant']}: {n['ms_per_patch']:.2f} ms/patch, "
                   f"{n['gflop_per_patch']:.0f} GFLOP/patch, {n['tflops']:.0f} TFLOP/s")
         print(f"{'pipeline':30s} {'tta':>3s} {'pre s':>7s} {'net s':>7s} {'export s':>8s} {'total s':>8s} "
-              f"{'speedup':>8s} {'agree':>8s} {'min Dice':>8s} {'peak GB':>8s}")
+              f"{'speedup':>8s} {'agree':>8s} {'min Dice':>8s} {'peak GB':>8s} {'resv GB':>8s} {'stream':>6s}")
         base = {r.mirror: r.total for r in entry["rows"] if r.pipeline.startswith("nnU-Net")}
         for r in entry["rows"]:
             s = r.seconds
@@ -341,9 +354,11 @@ def print_table(gpu: str, table) -> None:
             agree = f"{r.agreement:8.5f}" if r.agreement is not None else "       -"
             dice = f"{min(r.dice.values()):8.5f}" if r.dice else "       -"
             peak = f"{r.peak_gb:8.2f}" if r.peak_gb is not None else "       -"
+            resv = f"{r.reserved_gb:8.2f}" if r.reserved_gb is not None else "       -"
+            streamed = {True: "yes", False: "no", None: "-"}[r.streamed]
             pre = s.get("upload", 0) + s.get("preprocess", 0)
             print(f"{r.pipeline:30s} {int(r.mirror):3d} {pre:7.2f} {s.get('network', 0):7.2f} "
-                  f"{s.get('export', 0):8.2f} {r.total:8.2f} {speed:>8s} {agree} {dice} {peak}")
+                  f"{s.get('export', 0):8.2f} {r.total:8.2f} {speed:>8s} {agree} {dice} {peak} {resv} {streamed:>6s}")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ stays there), ``write(case, predicted) -> result`` (writer thread). Ownership: `
 
 Failures are per case: an ``Exception`` from any step of case i becomes ``on_error(case, exc)`` as case
 i's result (called on the calling thread) and the other cases go on. Anything else (KeyboardInterrupt,
-SystemExit) stops the run: queued reads and writes are cancelled, the running ones finish, and both
-threads are joined before the exception propagates, so no thread outlives the call.
+SystemExit) stops the run: a queued read is cancelled, the write handed over (a finished prediction, at
+most one) is completed rather than thrown away, and both threads are joined before the exception
+propagates, so no thread outlives the call.
 """
 
 from __future__ import annotations
@@ -61,9 +62,10 @@ def run_overlapped(
     try:
         return _Overlap(list(cases), read, predict, write, on_error, reader, writer).run()
     finally:
-        # on an interrupt: drop queued work, let a running read/write finish (writes are atomic), join both
+        # on an interrupt: drop a queued read, let a running read finish, complete the write handed over
+        # (a finished prediction is not thrown away; writes are atomic), join both threads
         reader.shutdown(wait=True, cancel_futures=True)
-        writer.shutdown(wait=True, cancel_futures=True)
+        writer.shutdown(wait=True, cancel_futures=False)
 
 
 class _Overlap(Generic[CaseT, LoadedT, PredictedT, ResultT]):

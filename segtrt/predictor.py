@@ -25,7 +25,7 @@ from segtrt.runners.base import Runner
 from segtrt.sliding import SlidingWindowOptions, sliding_window_logits, streamed_window_logits
 from segtrt.streaming import StreamChoice, check_stream_mode, choose_streaming, padded_shape
 from segtrt.timing import StageTimer
-from segtrt.transfer import to_device
+from segtrt.transfer import Uploader
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ class Predictor:
         self.device = device
         self.plan = PreprocessPlan.from_nnunet(folder.plans, folder.configuration)
         check_stream_mode(settings.stream)
+        self.uploader = Uploader(device)
         self.options = SlidingWindowOptions(
             patch_size=tuple(int(p) for p in folder.patch_size),
             num_classes=folder.num_segmentation_heads,
@@ -100,6 +101,7 @@ class Predictor:
     def __exit__(self, *exc) -> None:
         for runner in self.runners:
             runner.deactivate()
+        self.uploader.release()
 
     def predict_image(
         self, image: np.ndarray, spacing: Sequence[float], progress: Callable[[int, int], None] | None = None
@@ -114,7 +116,7 @@ class Predictor:
     ) -> Prediction:
         timer = StageTimer(self.device)
         with timer.stage("upload"):
-            tensor = to_device(image, self.device)
+            tensor = self.uploader(image)
         with timer.stage("preprocess"):
             pre = preprocess(tensor, tuple(float(s) for s in spacing), self.plan)
             del tensor

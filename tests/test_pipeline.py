@@ -139,7 +139,7 @@ def test_a_failing_step_fails_only_its_case():
     assert "write" not in {step for step, case in steps.intervals if case == 2}
 
 
-def test_interrupt_finishes_the_running_write_and_joins_the_threads():
+def test_interrupt_completes_the_write_handed_over_and_joins_the_threads():
     steps = FakeSteps(write_s=0.3, fail={})
     original = steps.predict
 
@@ -150,7 +150,8 @@ def test_interrupt_finishes_the_running_write_and_joins_the_threads():
 
     with pytest.raises(KeyboardInterrupt):
         run_overlapped(range(5), steps.read, predict, steps.write, _on_error)
-    assert ("write", 1) in steps.intervals, "the write in flight completes"
+    # case 1's write was handed over before predict(2) raised: it completes even if it had not started
+    assert ("write", 1) in steps.intervals, "the write handed over completes"
     assert ("write", 2) not in steps.intervals
     assert not _pipeline_threads()
 
