@@ -74,15 +74,10 @@ class SlabAccumulator(LogitAccumulator):
     :meth:`advance` the slab to the next row.
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        shape: Sequence[int],
-        importance: torch.Tensor,
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        super().__init__(num_classes, shape, importance, dtype)
-        self.origin = 0
+    def __init__(self, *args, **kwargs) -> None:
+        """The arguments of :class:`LogitAccumulator`, with ``shape`` = (depth, Y, X)."""
+        super().__init__(*args, **kwargs)
+        self.origin = 0  # z of the slab's first slice in the padded volume
 
     @property
     def depth(self) -> int:
