@@ -139,6 +139,7 @@ class Row:
     reserved_gb: float | None = None
     first_call_s: float | None = None
     streamed: bool | None = None
+    error: str | None = None  # e.g. out of memory under --memory-limit-gb: the row is kept, the run goes on
 
     @property
     def total(self) -> float:
@@ -300,6 +301,8 @@ def main() -> int:
     mirrors = {"both": [False, True], "on": [True], "off": [False]}[args.mirror]
     device = torch.device(args.device)
     if args.memory_limit_gb is not None:
+        if device.type != "cuda":
+            p.error("--memory-limit-gb caps CUDA memory: use it with a CUDA --device")
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(args.memory_limit_gb * 2**30 / total,
                                                   device.index if device.index is not None else torch.cuda.current_device())
@@ -324,8 +327,14 @@ def main() -> int:
                     entry["rows"].append(row)
                 for variant in variants:
                     # segtrt gets the CT as its reader returns it (int16); nnU-Net's reader returns float32
-                    entry["rows"].append(run_segtrt(folder, image.astype(np.int16), w, mirror, variant, args.repeats,
-                                                    args.accumulate, reference, device, args.stream))
+                    try:
+                        row = run_segtrt(folder, image.astype(np.int16), w, mirror, variant, args.repeats,
+                                         args.accumulate, reference, device, args.stream)
+                    except torch.OutOfMemoryError as exc:
+                        limit = f" under the {args.memory_limit_gb} GB cap" if args.memory_limit_gb else ""
+                        row = Row(f"segtrt {variant.label}", mirror, error=f"out of memory{limit}: {exc}".split("\n")[0])
+                        torch._dynamo.reset()
+                    entry["rows"].append(row)
                     print(entry["rows"][-1], flush=True)
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
@@ -347,8 +356,11 @@ def print_table(gpu: str, table) -> None:
                   f"{n['gflop_per_patch']:.0f} GFLOP/patch, {n['tflops']:.0f} TFLOP/s")
         print(f"{'pipeline':30s} {'tta':>3s} {'pre s':>7s} {'net s':>7s} {'export s':>8s} {'total s':>8s} "
               f"{'speedup':>8s} {'agree':>8s} {'min Dice':>8s} {'peak GB':>8s} {'resv GB':>8s} {'stream':>6s}")
-        base = {r.mirror: r.total for r in entry["rows"] if r.pipeline.startswith("nnU-Net")}
+        base = {r.mirror: r.total for r in entry["rows"] if r.pipeline.startswith("nnU-Net") and not r.error}
         for r in entry["rows"]:
+            if r.error:
+                print(f"{r.pipeline:30s} {int(r.mirror):3d} {r.error[:100]}")
+                continue
             s = r.seconds
             speed = f"{base[r.mirror] / r.total:7.1f}x" if r.mirror in base else "      -"
             agree = f"{r.agreement:8.5f}" if r.agreement is not None else "       -"

@@ -51,11 +51,6 @@ class LogitAccumulator:
         """Add the importance map to the weights at ``window`` (once per added prediction)."""
         self.weights[self._local_slices(window)] += self.importance
 
-    def add_batch(self, windows: Sequence[Window], batch_logits: torch.Tensor) -> None:
-        """Add (N, K, *patch) logits at ``windows`` (len N)."""
-        for window, patch_logits in zip(windows, batch_logits):
-            self.add(window, patch_logits)
-
     def finalize(self) -> torch.Tensor:
         """Averaged logits (K, Z, Y, X); the accumulator must not be used afterwards."""
         self.logits /= self.weights

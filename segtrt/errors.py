@@ -33,3 +33,7 @@ class ExportError(SegtrtError):
 
 class EngineError(SegtrtError):
     """A TensorRT engine cannot be built, loaded or used as requested."""
+
+
+class DeviceMemoryError(SegtrtError):
+    """The case does not fit in the device's memory with the chosen settings."""

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from segtrt.config import PredictSettings
-from segtrt.errors import InputImageError
+from segtrt.errors import DeviceMemoryError, InputImageError
 from segtrt.io import Case, Geometry, read_image, write_probabilities, write_segmentation
 from segtrt.nnunet import ModelFolder
 from segtrt.postprocess import logits_to_probabilities, logits_to_segmentation
@@ -108,8 +108,25 @@ class Predictor:
     ) -> Prediction:
         """Segment one image: (C, Z, Y, X) float32 array, spacing (z, y, x) mm."""
         self._check_channels(image.shape[0])
-        with torch.inference_mode():
-            return self._predict_image(image, spacing, progress)
+        try:
+            with torch.inference_mode():
+                return self._predict_image(image, spacing, progress)
+        except torch.OutOfMemoryError as exc:
+            raise DeviceMemoryError(self._out_of_memory_advice(image.shape)) from exc
+
+    def _out_of_memory_advice(self, shape: Sequence[int]) -> str:
+        """One line for a case that ran out of device memory: what it was, and the settings that use less."""
+        hints = []
+        if self.settings.batch_size > 1:
+            hints.append(f"--batch-size {max(1, self.settings.batch_size // 2)}")
+        if self.settings.stream != "on":
+            hints.append("--stream on")
+        if self.settings.accumulate_dtype != "float16":
+            hints.append("--accumulate float16")
+        advice = f"; try {', '.join(hints)}" if hints else ""
+        return (f"out of {self.device} memory for an image of {tuple(int(s) for s in shape)} voxels with "
+                f"{self.options.num_classes} classes (batch size {self.settings.batch_size}, "
+                f"stream={self.settings.stream}){advice}")
 
     def _predict_image(
         self, image: np.ndarray, spacing: Sequence[float], progress: Callable[[int, int], None] | None

@@ -64,12 +64,3 @@ class Uploader:
 
 def _torch_dtype(dtype: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
-
-
-def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """One-off upload of ``array`` to ``device`` (an :class:`Uploader` that is released at once)."""
-    uploader = Uploader(device)
-    try:
-        return uploader(array)
-    finally:
-        uploader.release()

@@ -12,7 +12,7 @@ import torch
 
 from segtrt.cli import build_parser
 from segtrt.config import DEFAULT_MODEL_DIR, PredictSettings
-from segtrt.errors import SegtrtError
+from segtrt.errors import DeviceMemoryError, SegtrtError
 from segtrt.nnunet import load_model
 from segtrt.io import Case
 from segtrt.predictor import CaseResult, Prediction, Predictor
@@ -97,3 +97,18 @@ def test_read_case_and_write_case_are_the_host_steps(sample_model, tmp_path: Pat
     written = sitk.ReadImage(str(result.output))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(written), labels)
     assert written.GetSpacing() == sitk.ReadImage(str(SAMPLE_CT)).GetSpacing()
+
+
+def test_out_of_device_memory_is_one_line_with_the_settings_that_use_less(sample_model, tall_ct):
+    def exhausted(batch):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 936.00 MiB")
+
+    with _predictor(sample_model, batch_size=4) as predictor:
+        for runner in predictor.runners:
+            runner.infer_impl = exhausted
+        with pytest.raises(DeviceMemoryError) as caught:
+            predictor.predict_image(tall_ct, (3.3, 3.0, 3.0))
+    message = str(caught.value)
+    assert "\n" not in message and "out of cpu memory for an image of (1, 38, 101, 122) voxels" in message
+    assert message.endswith("try --batch-size 2, --stream on, --accumulate float16")
+    assert isinstance(caught.value.__cause__, torch.OutOfMemoryError)

@@ -1,0 +1,39 @@
+"""Host -> device uploads: same values, dtype and shape; the source array is never touched."""
+
+import numpy as np
+import pytest
+import torch
+
+from segtrt.transfer import Uploader
+
+
+def _ct(shape=(1, 5, 6, 7), seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-1024, 3000, size=shape).astype(np.int16)
+
+
+def test_cpu_upload_shares_the_array_without_modifying_it():
+    image = _ct()
+    before = image.copy()
+    tensor = Uploader(torch.device("cpu"))(image)
+    assert tensor.dtype == torch.int16 and tuple(tensor.shape) == image.shape
+    assert np.shares_memory(tensor.numpy(), image)
+    np.testing.assert_array_equal(image, before)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32])
+def test_cuda_uploads_reuse_one_staging_buffer(dtype):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    uploader = Uploader(torch.device("cuda"))
+    large, small = _ct((1, 9, 16, 16), 1).astype(dtype), _ct((2, 4, 8, 8), 2).astype(dtype)
+    first = uploader(large)
+    buffer = uploader._buffer
+    second = uploader(small)  # fits: the same page-locked buffer is reused
+    assert uploader._buffer is buffer and buffer.is_pinned()
+    # the first upload has landed before the buffer was overwritten by the second
+    np.testing.assert_array_equal(first.cpu().numpy(), large)
+    np.testing.assert_array_equal(second.cpu().numpy(), small)
+    assert first.device.type == "cuda" and first.dtype == torch.from_numpy(large).dtype
+    uploader.release()
+    assert uploader._buffer is None
