@@ -130,14 +130,18 @@ def _named(candidates: list[_Candidate], skipped: list[Skipped]) -> Discovery:
 
 def _walk(root: Path, recursive: bool, exclude: Path | None, found: _Found) -> None:
     """Classify every file under ``root`` (its own files only unless ``recursive``)."""
-    seen: set[str] = set()
+    seen: dict[str, Path] = {}
     for folder, subfolders, files in os.walk(root, followlinks=True):
         folder_path = Path(folder)
         real = os.path.realpath(folder)
-        if real in seen or (exclude is not None and Path(real) == exclude):
+        if exclude is not None and Path(real) == exclude:
             subfolders[:] = []
             continue
-        seen.add(real)
+        if real in seen:
+            found.skipped.append(Skipped(folder, f"the same folder as {seen[real]} (a symbolic link); searched once"))
+            subfolders[:] = []
+            continue
+        seen[real] = folder_path
         subfolders.sort()
         for name in sorted(files):
             _classify(folder_path / name, root, found)
@@ -337,6 +341,9 @@ def _series_label(group: DicomSeriesGroup) -> str:
 
 
 def _group_location(group: DicomSeriesGroup) -> str:
+    """The file of a one-file group, else the folder (or the folders' common parent) of the series."""
+    if len(group.headers) == 1:
+        return str(group.headers[0].path)
     folders = group.folders
     return str(folders[0]) if len(folders) == 1 else str(Path(os.path.commonpath([str(f) for f in folders])))
 

@@ -72,8 +72,9 @@ def run_batch(
     )
     report.startup["model_load_seconds"] = round(model_seconds, 3)
     report.write()
+    manifest.announce([case.case_id for case in to_run], model.identity, key)
     if listener is not None:
-        listener.started(len(records), len(to_run), len(records) - len(to_run))
+        listener.started(len(records), len(to_run), resume["skipped"])
     _run_cases(report, to_run, manifest, model, runners, settings, batch, device, listener)
     return report
 

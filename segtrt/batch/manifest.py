@@ -6,6 +6,10 @@ For each case: its name, its inputs with a fingerprint (path, size and modificat
 file), the model's identity (a content hash of its files), the key of the settings that change the
 result, the outputs, the status ('done' or 'failed'), the failure reason and the stage seconds.
 
+Before a run writes anything, it appends a 'pending' record for every case it is about to compute, so
+an output whose case has a record was written by segtrt (and may be replaced); an output file without
+one is someone else's and is never replaced without ``--overwrite``.
+
 A case is skipped on a rerun when its last record is 'done' with the same inputs, model and settings
 and every output it lists still exists. A line that cannot be parsed (the tail of a killed append) is
 ignored with a warning.
@@ -88,19 +92,35 @@ class Manifest:
             return Decision("run", f"an output is missing ({missing[0]})")
         return Decision("skip", "done before with the same inputs, model and settings")
 
+    def announce(self, case_ids: list[str], model_identity: str, key: str) -> None:
+        """Record, before any output is written, that this run owns the outputs of ``case_ids``
+        (status 'pending'): after a kill between an output's rename and its 'done' record, a rerun knows
+        that segtrt wrote that file and may replace it."""
+        if not case_ids:
+            return
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        lines = "".join(json.dumps({"case": case_id, "status": "pending", "model": model_identity,
+                                    "settings_key": key, "recorded_at": stamp}, sort_keys=True) + "\n"
+                        for case_id in case_ids)
+        self._write(lines)
+        for case_id in case_ids:
+            self.records.setdefault(case_id, {"case": case_id, "status": "pending"})
+
     def append(self, record: dict) -> None:
         """Append one case's record and make it durable (fsync) before returning."""
         record = {**record, "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        line = json.dumps(record, default=str, sort_keys=True) + "\n"
+        self._write(json.dumps(record, default=str, sort_keys=True) + "\n")
+        self.records[record["case"]] = record
+
+    def _write(self, lines: str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(line)
+            handle.write(lines)
             handle.flush()
             os.fsync(handle.fileno())
         if not self.existed:
             _fsync_folder(self.path.parent)
             self.existed = True
-        self.records[record["case"]] = record
 
 
 def remove_temporary_files(folder: Path) -> list[Path]:
