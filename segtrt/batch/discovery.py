@@ -101,6 +101,7 @@ def discover(
     for path in paths:
         if not path.exists():
             raise InputImageError(f"input {path} does not exist; expected an image file or a folder")
+    paths, repeated = _unique(paths)
     explicit = _explicit_channels(paths, model)
     if explicit is not None:
         return Discovery(cases=[explicit])
@@ -114,7 +115,21 @@ def discover(
     prefix = len(roots) > 1
     candidates, skipped = _image_candidates(found.images, model, prefix)
     dicom_candidates, dicom_skipped = _dicom_candidates(found.dicom, model, series_filter, prefix)
-    return _named(candidates + dicom_candidates, found.skipped + skipped + dicom_skipped)
+    return _named(candidates + dicom_candidates, repeated + found.skipped + skipped + dicom_skipped)
+
+
+def _unique(paths: list[Path]) -> tuple[list[Path], list[Skipped]]:
+    """The inputs without repeats (the same file or folder given twice is one input)."""
+    seen: set[Path] = set()
+    unique, repeated = [], []
+    for path in paths:
+        real = path.resolve()
+        if real in seen:
+            repeated.append(Skipped(str(path), "given more than once; used once"))
+            continue
+        seen.add(real)
+        unique.append(path)
+    return unique, repeated
 
 
 def _named(candidates: list[_Candidate], skipped: list[Skipped]) -> Discovery:

@@ -53,6 +53,8 @@ def test_several_files_on_the_command_line_are_several_cases(tmp_path: Path) -> 
     a, b = touch_image(tmp_path / "x" / "a.nii.gz"), touch_image(tmp_path / "y" / "b.nrrd")
     found = discover([b, a], CT)
     assert [(c.case_id, c.channels) for c in found.cases] == [("a", (a,)), ("b", (b,))]
+    twice = discover([a, b, a], CT)
+    assert twice.cases == found.cases and [s.reason for s in twice.skipped] == ["given more than once; used once"]
 
 
 def test_metaimage_header_and_data_file_are_one_case(tmp_path: Path) -> None:
