@@ -167,6 +167,7 @@ def _run_cases(report, to_run, manifest, model, runners, settings, batch, device
     report.io = {"overlapped": settings.overlap_io, "read_workers": limits.read_workers,
                  "read_ahead": limits.read_ahead, "write_workers": limits.write_workers,
                  "waited_seconds": {k: round(v, 3) for k, v in run.waited.items()},
+                 "started_epoch": run.started_epoch,
                  "timeline": [list(entry) for entry in run.timeline]}
     report.state = "finished"
     report.write()

@@ -50,10 +50,12 @@ class Limits:
 
 @dataclass
 class ScheduleRun(Generic[ResultT]):
-    """Results in case order; seconds the calling thread waited for reads / for a free writer; and a
-    timeline of (case index, step, thread, start, end) in seconds since the run started."""
+    """Results in case order; when the run started (seconds since the epoch); seconds the calling thread
+    waited for reads / for a free writer; and a timeline of (case index, step, thread, start, end) in
+    seconds since the run started."""
 
     results: list[ResultT]
+    started_epoch: float = field(default_factory=time.time)
     waited: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "write": 0.0})
     timeline: list[tuple[int, str, str, float, float]] = field(default_factory=list)
 
