@@ -107,12 +107,11 @@ def nnunet_run(cases: Path, out: Path, model: Path, tta: bool, device: str, log:
 
 
 def _nnunet_command() -> list[str]:
-    """nnU-Net's console script, or the same entry point through python (wheels unpacked without scripts)."""
+    """nnU-Net's console script, or its entry point through scripts/nnunet_cli.py where the script is not
+    installed (wheels unpacked on the GPU machine)."""
     if shutil.which("nnUNetv2_predict_from_modelfolder"):
         return ["nnUNetv2_predict_from_modelfolder"]
-    entry = ("import sys; from nnunetv2.inference.predict_from_raw_data import predict_entry_point_modelfolder as m; "
-             "sys.argv[0] = 'nnUNetv2_predict_from_modelfolder'; m()")
-    return [sys.executable, "-c", entry]
+    return [sys.executable, str(Path(__file__).resolve().parent / "nnunet_cli.py")]
 
 
 def segtrt_run(cases: Path, out: Path, model: Path, tta: bool, device: str, extra: list[str], cache: Path,

@@ -80,6 +80,7 @@ class Predictor:
         self.plan = PreprocessPlan.from_nnunet(folder.plans, folder.configuration)
         check_stream_mode(settings.stream)
         self.uploader = Uploader(device)
+        self._startup: dict[str, float] = {}
         self.options = SlidingWindowOptions(
             patch_size=tuple(int(p) for p in folder.patch_size),
             num_classes=folder.num_segmentation_heads,
@@ -94,21 +95,44 @@ class Predictor:
         )
 
     def __enter__(self) -> "Predictor":
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def activate(self) -> "Predictor":
+        """Activate every runner (network to the device, engine load); safe to call twice."""
         start = time.perf_counter()
         for runner in self.runners:
             runner.activate()
-        self._activate_seconds = time.perf_counter() - start
+        self._startup["activate_seconds"] = round(time.perf_counter() - start, 3)
         return self
 
-    def startup_seconds(self) -> dict[str, float]:
-        """Seconds spent activating the runners (engine load, network to device); paid once per process.
-        A compiled torch network compiles (or loads its cached kernels) in its first call instead."""
-        return {"activate_seconds": round(getattr(self, "_activate_seconds", 0.0), 3)}
-
-    def __exit__(self, *exc) -> None:
+    def close(self) -> None:
+        """Deactivate the runners that are active and release the upload buffer."""
         for runner in self.runners:
             runner.deactivate()
         self.uploader.release()
+
+    def warm_up(self) -> None:
+        """On CUDA, run every runner once on zeros of one forward batch, so that compilation and kernel
+        loading happen now (a batch job calls this while its first images are read) and not inside the
+        first case. Does nothing on the CPU, where there is nothing to hide it behind."""
+        if self.device.type != "cuda":
+            return
+        start = time.perf_counter()
+        count = self.options.fixed_call_batch or self.options.max_call_batch or self.settings.batch_size
+        batch = torch.zeros((count, self.folder.num_input_channels, *self.options.patch_size), device=self.device)
+        with torch.inference_mode():
+            for runner in self.runners:
+                runner.infer(batch)
+        torch.cuda.synchronize(self.device)
+        self._startup["warm_up_seconds"] = round(time.perf_counter() - start, 3)
+
+    def startup_seconds(self) -> dict[str, float]:
+        """Seconds of runner activation and warm-up (a compiled network compiles or loads its cached
+        kernels in its first call); paid once per process."""
+        return dict(self._startup)
 
     def predict_image(
         self, image: np.ndarray, spacing: Sequence[float], progress: Callable[[int, int], None] | None = None

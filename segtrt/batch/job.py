@@ -139,6 +139,10 @@ def _plan(cases: list[Case], manifest: Manifest, identity: str, key: str, overwr
 
 
 def _run_cases(report, to_run, manifest, model, runners, settings, batch, device, listener) -> None:
+    if not to_run:
+        report.state = "finished"
+        report.write()
+        return
     by_id = {record.case_id: record for record in report.cases}
     position = {record.case_id: i for i, record in enumerate(report.cases)}
     workers = batch.io_workers or default_workers()
@@ -155,15 +159,22 @@ def _run_cases(report, to_run, manifest, model, runners, settings, batch, device
         if listener is not None:
             listener.case_finished(record, report)
 
-    with Predictor(model.folder, runners, settings, model.mirror_axes, device) as predictor:
+    predictor = Predictor(model.folder, runners, settings, model.mirror_axes, device)
+    steps.predictor = predictor
+
+    def prepare() -> None:  # runs while the first images are read
+        predictor.activate()
+        predictor.warm_up()
         report.startup.update(predictor.startup_seconds())
-        steps.predictor = predictor
-        try:
-            run = run_scheduled(to_run, steps.read, steps.predict, steps.write, steps.failed, finished, limits)
-        except BaseException:
-            report.state = "interrupted"
-            report.write()
-            raise
+
+    try:
+        run = run_scheduled(to_run, steps.read, steps.predict, steps.write, steps.failed, finished, limits, prepare)
+    except BaseException as exc:
+        report.state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        report.write()
+        raise
+    finally:
+        predictor.close()
     report.io = {"overlapped": settings.overlap_io, "read_workers": limits.read_workers,
                  "read_ahead": limits.read_ahead, "write_workers": limits.write_workers,
                  "waited_seconds": {k: round(v, 3) for k, v in run.waited.items()},

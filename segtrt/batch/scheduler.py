@@ -68,13 +68,18 @@ def run_scheduled(
     on_error: Callable[[CaseT, Exception], ResultT],
     on_done: Callable[[int, ResultT], None] = lambda index, result: None,
     limits: Limits = Limits(),
+    prepare: Callable[[], None] | None = None,
 ) -> ScheduleRun[ResultT]:
-    """Read -> predict -> write every case with reads and writes overlapping the predictions."""
+    """Read -> predict -> write every case with reads and writes overlapping the predictions.
+
+    ``prepare`` (e.g. activating and warming up the device) runs on the calling thread once the first
+    reads are under way, so the first images are read while it runs.
+    """
     readers = ThreadPoolExecutor(limits.read_workers, thread_name_prefix="segtrt-read")
     writers = ThreadPoolExecutor(limits.write_workers, thread_name_prefix="segtrt-write")
     loop = _Loop(list(cases), read, predict, write, on_error, on_done, limits, readers, writers)
     try:
-        loop.run()
+        loop.run(prepare)
         return loop.outcome
     except BaseException:
         loop.abandon_reads()
@@ -100,7 +105,10 @@ class _Loop(Generic[CaseT, ResultT]):
         self.start = time.perf_counter()
         self.lock = threading.Lock()
 
-    def run(self) -> None:
+    def run(self, prepare: Callable[[], None] | None) -> None:
+        self._fill_reads(0)
+        if prepare is not None:
+            prepare()
         for index in range(len(self.cases)):
             self._fill_reads(index)
             predicted = self._read_and_predict(index)
