@@ -127,6 +127,10 @@ def segtrt_run(cases: Path, out: Path, model: Path, tta: bool, device: str, extr
     first_written = _first_written(io)
     if first_written is not None:
         result["gpu_busy_after_first_pct"] = sampler.busy(first_written, result["end"])
+    predicts = sorted((begin, end) for _, step, _, begin, end in io.get("timeline") or [] if step == "predict")
+    if len(predicts) > 1:  # from the second case's prediction to the last one's end: the device loop itself
+        result["gpu_busy_device_loop_pct"] = sampler.busy(io["started_epoch"] + predicts[1][0],
+                                                          io["started_epoch"] + predicts[-1][1])
     stages = {}
     for case in done:
         for stage, seconds in case["seconds"].items():
@@ -220,7 +224,7 @@ def main() -> int:
 def print_table(results: dict) -> None:
     print(f"\n{results['gpu'] or results['device']}, {results['cases']} x {results['workload']}, "
           f"{results['date']}, segtrt {results['segtrt_args']!r}")
-    print("| tool | TTA | wall s | s/case | vs nnU-Net | GPU busy % (all / after 1st) | read s | write s "
+    print("| tool | TTA | wall s | s/case | vs nnU-Net | GPU busy % (all / after 1st / device loop) | read s | write s "
           "| waited read/write s | agreement min | Dice min | exit |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results["runs"]:
@@ -228,7 +232,8 @@ def print_table(results: dict) -> None:
         waited = r.get("waited") or {}
         labels = r.get("labels") or {}
         print(f"| {r['tool']} | {'on' if r['tta'] else 'off'} | {r['wall_s']} | {r['s_per_case']} | "
-              f"{r.get('vs_nnunet', '')} | {r.get('gpu_busy_pct')} / {r.get('gpu_busy_after_first_pct', '')} | "
+              f"{r.get('vs_nnunet', '')} | {r.get('gpu_busy_pct')} / {r.get('gpu_busy_after_first_pct', '')} / "
+              f"{r.get('gpu_busy_device_loop_pct', '')} | "
               f"{stages.get('read', '')} | {stages.get('write', '')} | {waited.get('read', '')} / "
               f"{waited.get('write', '')} | {labels.get('agreement_min', '')} | {labels.get('dice_min', '')} | "
               f"{r['exit_code']} |")
