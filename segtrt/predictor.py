@@ -114,24 +114,9 @@ class Predictor:
             runner.deactivate()
         self.uploader.release()
 
-    def warm_up(self) -> None:
-        """On CUDA, run every runner once on zeros of one forward batch, so that compilation and kernel
-        loading happen now (a batch job calls this while its first images are read) and not inside the
-        first case. Does nothing on the CPU, where there is nothing to hide it behind."""
-        if self.device.type != "cuda":
-            return
-        start = time.perf_counter()
-        count = self.options.fixed_call_batch or self.options.max_call_batch or self.settings.batch_size
-        batch = torch.zeros((count, self.folder.num_input_channels, *self.options.patch_size), device=self.device)
-        with torch.inference_mode():
-            for runner in self.runners:
-                runner.infer(batch)
-        torch.cuda.synchronize(self.device)
-        self._startup["warm_up_seconds"] = round(time.perf_counter() - start, 3)
-
     def startup_seconds(self) -> dict[str, float]:
-        """Seconds of runner activation and warm-up (a compiled network compiles or loads its cached
-        kernels in its first call); paid once per process."""
+        """Seconds of runner activation, paid once per process (a compiled network compiles, or loads its
+        cached kernels, in its first call: see the first case's network seconds)."""
         return dict(self._startup)
 
     def predict_image(

@@ -164,7 +164,6 @@ def _run_cases(report, to_run, manifest, model, runners, settings, batch, device
 
     def prepare() -> None:  # runs while the first images are read
         predictor.activate()
-        predictor.warm_up()
         report.startup.update(predictor.startup_seconds())
 
     try:
