@@ -31,23 +31,29 @@ _BACKGROUND, _TEXT = (24, 24, 24), (235, 235, 235)
 def render_preview(labels: np.ndarray, image: np.ndarray, geometry: Geometry, table: Sequence[LabelInfo],
                    case_id: str) -> Image.Image:
     """The preview of ``labels`` (Z, Y, X) over channel 0 of ``image`` (C, Z, Y, X) as an RGB image."""
+    panels, center, shape = render_panels(labels, image, geometry, table)
+    voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
+    legend = [(info.color, f"{info.name}  {np.count_nonzero(labels == info.value) * voxel_ml:.1f} ml")
+              for info in table if np.any(labels == info.value)]
+    return _compose(panels, center, shape, legend, case_id)
+
+
+def render_panels(labels: np.ndarray, image: np.ndarray, geometry: Geometry, table: Sequence[LabelInfo]
+                  ) -> tuple[dict[str, Image.Image], tuple[int, int, int], tuple[int, int, int]]:
+    """The three overlaid views at one physical scale, the display index they cross at, the display shape."""
     frame = display_frame(geometry)
     grey = frame.apply(_grey_levels(image[0]))
     display_labels = frame.apply(labels)
     center = _center(display_labels)
-    scale = max(n * s for n, s in zip(display_labels.shape, frame.spacing)) / PANEL_MAX_PIXELS
+    scale = max(n * s for n, s in zip(display_labels.shape, frame.spacing)) / PANEL_MAX_PIXELS  # mm per pixel
     colors = _color_lookup(table, int(labels.max(initial=0)))
-    panels = {}
     grey_views, label_views = views(grey, center), views(display_labels, center)
+    panels = {}
     for name, (row_mm, column_mm) in view_spacing(frame.spacing).items():
         size = (max(1, round(grey_views[name].shape[1] * column_mm / scale)),
                 max(1, round(grey_views[name].shape[0] * row_mm / scale)))
         panels[name] = _overlay(grey_views[name], label_views[name], colors, size)
-    present = [info for info in table if np.any(labels == info.value)]
-    voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
-    legend = [(info.color, f"{info.name}  {np.count_nonzero(labels == info.value) * voxel_ml:.1f} ml")
-              for info in present]
-    return _compose(panels, center, display_labels.shape, legend, case_id)
+    return panels, center, display_labels.shape
 
 
 def write_preview(path: Path, labels: np.ndarray, image: np.ndarray, geometry: Geometry,

@@ -2,7 +2,7 @@
 
 One ROI per label present in the case (an ROI without contours is not useful to a planning system);
 contours are the marching-squares outlines of each slice (segtrt.outputs.contours), CLOSED_PLANAR,
-each referencing its source instance. Patient and study attributes are copied from the source; the
+each referencing its source instance. Patient, study and frame of reference attributes are copied from the source; the
 structure set references the study, the series and every instance (Referenced Frame of Reference
 Sequence) and gets new Series / SOP Instance UIDs. The algorithm is identified per ROI (ROI Derivation
 Algorithm Identification Sequence) and in the General Equipment module.
@@ -59,6 +59,8 @@ def build_rtstruct(labels: np.ndarray, table: Sequence[LabelInfo], source: Sourc
     dataset.StructureSetLabel = "SEGTRT"
     dataset.StructureSetName = f"segtrt {model.configuration}"[:64]
     dataset.StructureSetDate, dataset.StructureSetTime = dataset.InstanceCreationDate, dataset.InstanceCreationTime
+    dataset.FrameOfReferenceUID = first.FrameOfReferenceUID
+    dataset.PositionReferenceIndicator = first.get("PositionReferenceIndicator", "")
     dataset.ReferencedFrameOfReferenceSequence = DicomSequence([_referenced_frame(source)])
     rois, contours, observations = [], [], []
     affine = geometry.lps_affine()
