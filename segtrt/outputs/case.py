@@ -93,9 +93,10 @@ def _source_series(options: OutputOptions, dicom_files: Sequence[Path] | None, g
                           "non-DICOM image; expected a folder of DICOM slice files or --output-format nifti")
     try:
         import highdicom  # noqa: F401
+        import skimage.measure  # noqa: F401
         from segtrt.outputs.source import read_source_series
     except ImportError as error:
-        raise OutputError(f"output format {asked} needs pydicom and highdicom ({error.name} is missing); "
+        raise OutputError(f"output format {asked} needs pydicom, highdicom and scikit-image ({error.name} is missing); "
                           "install them with: pip install 'segtrt[dicom]'") from None
     return read_source_series(dicom_files, geometry, options.derive_missing_uids)
 

@@ -1,54 +1,15 @@
-"""Real data for the output tests: the sample CT DICOM series and the bundled model's labels of it.
-
-Third-party tools the tests run (dcmqi's segimage2itkimage, dciodvfy, chromium) are required: a missing
-one fails the test with the install command, it never skips.
-"""
+"""Real data for the output tests: the sample CT DICOM series and the bundled model's labels of it."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import sys
-from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
+from outputs_helpers import DATA, MODEL, REPO, SERIES, SampleCase
 
-from segtrt.io import Geometry, read_image
-from segtrt.outputs import ModelDescription, OutputOptions, label_names_from_dataset, write_case_outputs
-
-REPO = Path(__file__).resolve().parents[2]
-SERIES = REPO / "sample_data" / "example_ct_dicom"
-DATA = REPO / "tests" / "data" / "outputs"
-MODEL = ModelDescription(name="segtrt sample", identity="sha256-0123456789ab", configuration="3d_fullres",
-                         folds=("0",), version="0.1.0")
-
-
-@dataclass(frozen=True)
-class SampleCase:
-    image: np.ndarray  # (1, Z, Y, X) HU
-    geometry: Geometry
-    labels: np.ndarray  # (Z, Y, X) uint8
-    label_names: dict[int, str]
-    dicom_files: tuple[Path, ...]
-
-
-def require_tool(name: str, install: str, candidates: tuple[Path, ...] = ()) -> str:
-    """Path of executable ``name`` (first of ``candidates`` that exists, else PATH); fails loudly when absent."""
-    for candidate in candidates:
-        if candidate.is_file():
-            return str(candidate)
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} is required by this test and is not installed; install it with: {install}")
-    return found
-
-
-def venv_tool(name: str) -> tuple[Path, ...]:
-    """The executable ``name`` installed next to this Python (pip packages' scripts)."""
-    return (Path(sys.executable).parent / name,)
+from segtrt.io import read_image
+from segtrt.outputs import OutputOptions, label_names_from_dataset, write_case_outputs
 
 
 @pytest.fixture(scope="session")

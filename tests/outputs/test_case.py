@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pydicom
 import pytest
-from conftest import MODEL
+from outputs_helpers import MODEL
 
 from segtrt.errors import OutputError
 from segtrt.outputs import OutputOptions, write_case_outputs

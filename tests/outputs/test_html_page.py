@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-from conftest import require_tool
+from outputs_helpers import require_tool
 from PIL import Image
 
 from segtrt.outputs import BatchCaseSummary, OutputOptions, write_batch_outputs

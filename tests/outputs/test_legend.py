@@ -7,7 +7,7 @@ import json
 import re
 
 import pytest
-from conftest import DATA, MODEL
+from outputs_helpers import DATA, MODEL
 
 from segtrt.errors import OutputError
 from segtrt.outputs import build_label_table, label_names_from_dataset

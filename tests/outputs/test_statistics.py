@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import SERIES
+from outputs_helpers import SERIES
 
 from segtrt.io import write_segmentation
 from segtrt.outputs import BatchCaseSummary, OutputOptions, build_label_table, write_batch_outputs
