@@ -17,6 +17,7 @@ from segtrt.outputs.options import (
     add_output_arguments,
     output_options_from_args,
 )
+from segtrt.outputs.source_files import series_files
 
 __all__ = [
     "OUTPUT_FORMATS",
@@ -30,6 +31,7 @@ __all__ = [
     "build_label_table",
     "label_names_from_dataset",
     "output_options_from_args",
+    "series_files",
     "write_batch_outputs",
     "write_case_outputs",
 ]

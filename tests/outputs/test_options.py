@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from outputs_helpers import SERIES
 
 from segtrt.errors import OutputError
-from segtrt.outputs import OUTPUT_FORMATS, OutputOptions, add_output_arguments, output_options_from_args
+from segtrt.outputs import OUTPUT_FORMATS, OutputOptions, add_output_arguments, output_options_from_args, series_files
 
 
 def _parse(*argv: str) -> OutputOptions:
@@ -39,3 +42,16 @@ def test_unknown_format_on_the_command_line_exits_with_usage(capsys):
     with pytest.raises(SystemExit):
         _parse("--output-format", "png")
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_importing_the_package_leaves_the_dicom_writers_and_preview_unloaded():
+    lazy = ("highdicom", "skimage", "segtrt.outputs.dicom_seg", "segtrt.outputs.rtstruct", "segtrt.outputs.source",
+            "segtrt.outputs.preview")
+    code = f"import sys, segtrt.outputs; print(sorted(m for m in {lazy!r} if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_series_files_lists_the_instances_of_the_series():
+    files = series_files(SERIES)
+    assert sorted(files) == sorted(p for p in SERIES.iterdir() if p.is_file()) and len(files) == 20
