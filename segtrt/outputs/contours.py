@@ -11,26 +11,30 @@ from __future__ import annotations
 
 import numpy as np
 from skimage.draw import polygon as polygon_pixels
-from skimage.measure import approximate_polygon, find_contours
-
-#: Largest distance (pixels) by which a simplified contour may leave the marching-squares contour.
-SIMPLIFY_TOLERANCE = 0.25
+from skimage.measure import find_contours
 
 
-def mask_contours(mask: np.ndarray, tolerance: float = SIMPLIFY_TOLERANCE) -> list[np.ndarray]:
+def mask_contours(mask: np.ndarray) -> list[np.ndarray]:
     """Closed contours of a (Y, X) boolean mask, each an (N, 2) float array of (row, column) pixel
-    coordinates, N >= 3, the closing point not repeated."""
+    coordinates, N >= 3, the closing point not repeated, vertices on straight runs removed (lossless)."""
     padded = np.pad(np.asarray(mask, dtype=np.float32), 1)
     contours = []
     for contour in find_contours(padded, 0.5):
         contour = contour - 1.0  # undo the padding
-        if tolerance > 0:
-            contour = approximate_polygon(contour, tolerance)
         if np.allclose(contour[0], contour[-1]):
             contour = contour[:-1]
+        contour = drop_collinear(contour)
         if len(contour) >= 3:
             contours.append(contour)
     return contours
+
+
+def drop_collinear(contour: np.ndarray) -> np.ndarray:
+    """A closed (N, 2) polygon without the vertices that lie on the line through their neighbours."""
+    before, after = np.roll(contour, 1, axis=0), np.roll(contour, -1, axis=0)
+    incoming, outgoing = contour - before, after - contour
+    cross = incoming[:, 0] * outgoing[:, 1] - incoming[:, 1] * outgoing[:, 0]
+    return contour[np.abs(cross) > 1e-9]
 
 
 def rasterize_contours(contours: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:

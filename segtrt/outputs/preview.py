@@ -33,8 +33,9 @@ def render_preview(labels: np.ndarray, image: np.ndarray, geometry: Geometry, ta
     """The preview of ``labels`` (Z, Y, X) over channel 0 of ``image`` (C, Z, Y, X) as an RGB image."""
     panels, center, shape = render_panels(labels, image, geometry, table)
     voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
-    legend = [(info.color, f"{info.name}  {np.count_nonzero(labels == info.value) * voxel_ml:.1f} ml")
-              for info in table if np.any(labels == info.value)]
+    counts = np.bincount(labels.reshape(-1), minlength=max((i.value for i in table), default=0) + 1)
+    legend = [(info.color, f"{info.name}  {counts[info.value] * voxel_ml:.1f} ml") for info in table
+              if counts[info.value]]
     return _compose(panels, center, shape, legend, case_id)
 
 
