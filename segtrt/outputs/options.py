@@ -122,7 +122,14 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def output_options_from_args(args: argparse.Namespace) -> OutputOptions:
-    """The OutputOptions that :func:`add_output_arguments`'s arguments describe."""
+    """The OutputOptions that :func:`add_output_arguments`'s arguments describe.
+
+    The label codes file is read here once, so that a bad file is refused before any case runs.
+    """
+    if args.label_codes is not None:
+        from segtrt.outputs.labels import read_label_codes
+
+        read_label_codes(args.label_codes)
     return OutputOptions(
         formats=tuple(args.output_format),
         statistics=bool(args.statistics),

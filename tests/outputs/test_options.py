@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from outputs_helpers import SERIES
+from outputs_helpers import DATA, SERIES
 
 from segtrt.errors import OutputError
 from segtrt.outputs import OUTPUT_FORMATS, OutputOptions, add_output_arguments, output_options_from_args, series_files
@@ -23,10 +23,11 @@ def _parse(*argv: str) -> OutputOptions:
 def test_defaults_and_arguments():
     assert _parse() == OutputOptions()
     assert OutputOptions().formats == ("nifti",) and OutputOptions().seg_encoding == "labelmap"
+    codes = str(DATA / "label_codes.json")
     options = _parse("--output-format", "nifti", "dicom-seg", "rtstruct", "--statistics", "--preview",
-                     "--label-codes", "codes.json", "--seg-encoding", "binary", "--derive-missing-uids")
+                     "--label-codes", codes, "--seg-encoding", "binary", "--derive-missing-uids")
     assert options.formats == OUTPUT_FORMATS and options.statistics and options.preview
-    assert options.label_codes == Path("codes.json") and options.seg_encoding == "binary"
+    assert options.label_codes == Path(codes) and options.seg_encoding == "binary"
     assert options.derive_missing_uids and options.needs_dicom
 
 
@@ -36,6 +37,11 @@ def test_invalid_options_are_refused_in_one_line(kwargs):
     with pytest.raises(OutputError) as error:
         OutputOptions(**kwargs)
     assert "\n" not in str(error.value)
+
+
+def test_a_bad_label_codes_file_is_refused_when_the_options_are_made(tmp_path):
+    with pytest.raises(OutputError, match="missing.json"):
+        _parse("--label-codes", str(tmp_path / "missing.json"))
 
 
 def test_unknown_format_on_the_command_line_exits_with_usage(capsys):
