@@ -8,7 +8,7 @@ Files, with ``stem`` the output path without ending (e.g. OUT/patient1/study/ct)
 | itksnap     | stem.itksnap.txt         | 'nifti' in formats           |
 | slicer      | stem.ctbl                | 'nifti' in formats           |
 | dicom-seg   | stem.seg.dcm             | 'dicom-seg' in formats       |
-| rtstruct    | stem.rtstruct.dcm        | 'rtstruct' in formats        |
+| rtstruct    | stem.rtstruct.dcm        | 'rtstruct' in formats, and some foreground |
 | statistics  | stem.statistics.json     | options.statistics           |
 | preview     | stem.preview.png         | options.preview              |
 
@@ -68,7 +68,10 @@ def write_case_outputs(stem: Path, labels: np.ndarray, image: np.ndarray, geomet
         from segtrt.outputs.dicom_seg import write_dicom_seg
         outputs.files["dicom-seg"] = write_dicom_seg(_path(stem, ".seg.dcm"), labels, table, source, model,
                                                      options.seg_encoding, options.series_number)
-    if "rtstruct" in options.formats:
+    if "rtstruct" in options.formats and not labels.any():
+        outputs.warnings.append("RTSTRUCT not written: the label map has no foreground (an RTSTRUCT needs an ROI)")
+        logger.warning("case %s: %s", case_id, outputs.warnings[-1])
+    elif "rtstruct" in options.formats:
         from segtrt.outputs.rtstruct import write_rtstruct
         outputs.files["rtstruct"] = write_rtstruct(_path(stem, ".rtstruct.dcm"), labels, table, source,
                                                    geometry, model, options.series_number + 1)

@@ -17,7 +17,6 @@ h2 { font-size: 1.1em; margin: 0 0 0.5em 0; } .status { font-weight: normal; fon
 .failed .status, .error { color: #c0392b; } img.thumb { max-width: 640px; width: 100%; border: 1px solid #ccc; }
 table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
 td, th { border: 1px solid #ddd; padding: 2px 8px; text-align: right; } td:first-child, th:first-child { text-align: left; }
-.swatch { display: inline-block; width: 0.8em; height: 0.8em; margin-right: 0.4em; }
 ul.files { font-size: 0.9em; }
 """
 

@@ -69,3 +69,12 @@ def test_source_with_complete_uids_is_referenced_as_is(sample_case, tmp_path):
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == "1.2.3.5"
     assert rtstruct.SeriesNumber == seg.SeriesNumber + 1
     assert np.unique(sample_case.labels).size > 1
+
+
+def test_an_empty_label_map_gets_a_seg_and_no_rtstruct(sample_case, tmp_path):
+    labels = np.zeros_like(sample_case.labels)
+    options = OutputOptions(formats=("dicom-seg", "rtstruct"), derive_missing_uids=True, preview=True)
+    outputs = write_case_outputs(tmp_path / "ct", labels, sample_case.image, sample_case.geometry,
+                                 sample_case.label_names, options, MODEL, dicom_files=sample_case.dicom_files)
+    assert set(outputs.files) == {"dicom-seg", "preview"} and not (tmp_path / "ct.rtstruct.dcm").exists()
+    assert any(w.startswith("RTSTRUCT not written") for w in outputs.warnings)
