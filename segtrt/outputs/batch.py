@@ -24,7 +24,7 @@ class BatchCaseSummary:
 
     status: 'done', 'failed' or 'skipped'; error: the reason for failed/skipped cases (one line);
     files: kind -> path of what was written (CaseOutputs.files plus the caller's own, e.g. 'nifti');
-    statistics: CaseOutputs.statistics (None when not computed).
+    statistics: CaseOutputs.statistics (None when not computed); warnings: CaseOutputs.warnings.
     """
 
     case_id: str
@@ -32,6 +32,7 @@ class BatchCaseSummary:
     error: str | None = None
     files: dict[str, Path] = field(default_factory=dict)
     statistics: list[dict[str, Any]] | None = None
+    warnings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.status not in CASE_STATUSES:

@@ -1,6 +1,6 @@
 """The batch's QA page: one self-contained HTML file that opens from disk (no server, no scripts, no
 network): a summary line, then one section per case with its status, preview thumbnail, per-label
-statistics, failure reason and relative links to its files. Every text is HTML-escaped."""
+statistics, failure reason, warnings and relative links to its files. Every text is HTML-escaped."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ body { font-family: sans-serif; margin: 1.5em; background: #fafafa; color: #222;
 section.case { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 0.8em 1em; margin: 1em 0; }
 section.failed { border-color: #c0392b; } section.skipped { border-color: #aaa; color: #666; }
 h2 { font-size: 1.1em; margin: 0 0 0.5em 0; } .status { font-weight: normal; font-size: 0.9em; }
-.failed .status, .error { color: #c0392b; } img.thumb { max-width: 640px; width: 100%; border: 1px solid #ccc; }
+.failed .status, .error { color: #c0392b; } .warning { color: #a05a00; } img.thumb { max-width: 640px; width: 100%; border: 1px solid #ccc; }
 table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
 td, th { border: 1px solid #ddd; padding: 2px 8px; text-align: right; } td:first-child, th:first-child { text-align: left; }
 ul.files { font-size: 0.9em; }
@@ -39,6 +39,8 @@ def _case_section(output_dir: Path, case: Any) -> str:
              f'<h2>{case_id} <span class="status">{html.escape(case.status)}</span></h2>']
     if case.error:
         lines.append(f'<p class="error">{html.escape(str(case.error))}</p>')
+    for warning in getattr(case, "warnings", ()):
+        lines.append(f'<p class="warning">{html.escape(str(warning))}</p>')
     files = dict(case.files or {})
     if "preview" in files:
         link = _link(output_dir, files["preview"])

@@ -25,7 +25,8 @@ def _chromium(tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess:
 
 def _batch(written_case, output_dir: Path) -> list[BatchCaseSummary]:
     outputs, _ = written_case
-    return [BatchCaseSummary("patient1", "done", files=outputs.files, statistics=outputs.statistics),
+    return [BatchCaseSummary("patient1", "done", files=outputs.files, statistics=outputs.statistics,
+                             warnings=tuple(outputs.warnings)),
             BatchCaseSummary("patient <2> & co", "failed", error="cannot read DICOM series: missing slices"),
             BatchCaseSummary("notes.txt", "skipped", error="not an image")]
 
@@ -38,6 +39,7 @@ def test_page_loads_in_chromium_and_shows_every_case(written_case, tmp_path):
     for case in cases:
         assert f'data-case-id="{case.case_id.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")}"' in dom
     assert "missing slices" in dom and "1 done, 1 failed, 1 skipped" in dom
+    assert "derived missing DICOM UIDs" in dom
     assert 'src="patient1/ct.preview.png"' in dom and ">liver<" in dom
     screenshot = tmp_path / "page.png"
     _chromium(tmp_path, f"--screenshot={screenshot}", "--window-size=1100,1400", page.as_uri())
