@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +40,8 @@ class PredictSettings:
         the device and the finished logits on the host as float16 (segtrt.streaming); ``auto`` streams
         on CUDA when whole-volume accumulators would exceed 4 GiB.
     overlap_io: in a batch, read the next case and write the previous one in two background threads
-        while the current case is on the device (segtrt.pipeline; at most one case read ahead, one
-        write in flight); ``False`` does read -> predict -> write strictly in sequence.
+        while the current case is on the device (segtrt.batch.scheduler; reads ahead and writes in flight bounded by
+        the worker counts); ``False`` does read -> predict -> write strictly in sequence.
     """
 
     device: str = "auto"
@@ -59,3 +60,40 @@ class PredictSettings:
     cuda_graph: bool = False
     stream: str = "auto"
     overlap_io: bool = True
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """How a batch finds its cases and schedules file IO (segtrt.batch). None of these change results.
+
+    recursive: walk nested folders (PACS exports, patient/study/series trees); otherwise a folder's own
+        files and its direct DICOM sub-folders are used.
+    overwrite: recompute every case even when the manifest says it is done (default: resume).
+    io_workers: reader and writer threads each (None: a quarter of the cores, 1 to 4).
+    modality / series_description / min_slices / series_uids: DICOM series selection
+        (segtrt.batch.series): the modality to use (None: the one the model's channel names; 'any'),
+        a regular expression the Series Description must contain, the fewest slices, and the Series
+        Instance UIDs to use (empty: all usable).
+    """
+
+    recursive: bool = False
+    overwrite: bool = False
+    io_workers: int | None = None
+    modality: str | None = None
+    series_description: str | None = None
+    min_slices: int = 10
+    series_uids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        from segtrt.errors import SegtrtError
+
+        if self.io_workers is not None and self.io_workers < 1:
+            raise SegtrtError(f"--io-workers must be at least 1, got {self.io_workers}")
+        if self.min_slices < 1:
+            raise SegtrtError(f"--min-slices must be at least 1, got {self.min_slices}")
+        if self.series_description is not None:
+            try:
+                re.compile(self.series_description)
+            except re.error as error:
+                raise SegtrtError(f"--series-description {self.series_description!r} is not a regular "
+                                  f"expression ({error}); expected e.g. 'abdomen|venous'") from None

@@ -94,9 +94,16 @@ class Predictor:
         )
 
     def __enter__(self) -> "Predictor":
+        start = time.perf_counter()
         for runner in self.runners:
             runner.activate()
+        self._activate_seconds = time.perf_counter() - start
         return self
+
+    def startup_seconds(self) -> dict[str, float]:
+        """Seconds spent activating the runners (engine load, network to device); paid once per process.
+        A compiled torch network compiles (or loads its cached kernels) in its first call instead."""
+        return {"activate_seconds": round(getattr(self, "_activate_seconds", 0.0), 3)}
 
     def __exit__(self, *exc) -> None:
         for runner in self.runners:
@@ -156,7 +163,7 @@ class Predictor:
         choice = choose_streaming(self.settings.stream, self.options.num_classes,
                                   padded_shape(data.shape[1:], self.options.patch_size),
                                   self.options.accumulate_dtype, self.device)
-        log.info("aggregation: %s", choice.reason)
+        log.debug("aggregation: %s", choice.reason)
         aggregate = streamed_window_logits if choice.streamed else sliding_window_logits
         return aggregate(data, self.runners, self.options, progress), choice
 

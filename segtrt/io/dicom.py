@@ -7,6 +7,7 @@ not by file name); files that are not DICOM are ignored. The folder is not searc
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,40 @@ logger = logging.getLogger(__name__)
 MAX_SLICE_SPACING_DEVIATION = 0.1
 
 _POSITION_TAG = "0020|0032"  # Image Position (Patient)
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """One DICOM series given by its files (in slice order), wherever they sit on disk.
+
+    ``name`` says where it came from, for messages (e.g. 'P1/ST1/SE2 (CT series 2)').
+    """
+
+    series_uid: str
+    files: tuple[Path, ...]
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def read_dicom_files(series: DicomSeries) -> sitk.Image:
+    """Read ``series.files`` (already in slice order) as one 3D image; same checks as :func:`read_dicom_series`."""
+    if not series.files:
+        raise InputImageError(f"DICOM series {series} has no files; expected the slice files of one series")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(f) for f in series.files])
+    reader.MetaDataDictionaryArrayUpdateOn()
+    try:
+        image = reader.Execute()
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[-1]
+        raise InputImageError(
+            f"cannot read DICOM series {series} ({reason}); expected slices of one size and orientation"
+        ) from None
+    _check_slice_spacing(reader, image, series.name)
+    logger.debug("read DICOM series %s: %d files, size %s", series, len(series.files), image.GetSize())
+    return image
 
 
 def list_dicom_series(folder: Path) -> tuple[str, ...]:

@@ -19,25 +19,28 @@ import numpy as np
 import SimpleITK as sitk
 
 from segtrt.errors import InputImageError
-from segtrt.io.dicom import read_dicom_series
+from segtrt.io.dicom import DicomSeries, read_dicom_files, read_dicom_series
 from segtrt.io.geometry import Geometry
 from segtrt.io.integrity import check_nifti_complete
 
 logger = logging.getLogger(__name__)
 
-#: File endings read by :func:`read_image` (a folder is read as a DICOM series).
-SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
+#: File endings read by :func:`read_image`, in any letter case (a folder is read as a DICOM series).
+SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+#: SimpleITK's reader for each ending (given explicitly: ITK picks none for '.MHA' or '.MHD').
+_IMAGE_IOS = {".nii.gz": "NiftiImageIO", ".nii": "NiftiImageIO", ".nrrd": "NrrdImageIO",
+              ".mha": "MetaImageIO", ".mhd": "MetaImageIO"}
 #: Integer dtypes kept as read: each value is exactly representable in float32.
 COMPACT_DTYPES = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.uint16))
-_EXPECTED = "a 3D NIfTI (.nii/.nii.gz), NRRD (.nrrd) or MetaImage (.mha) file, or a DICOM series folder"
+_EXPECTED = "a 3D NIfTI (.nii/.nii.gz), NRRD (.nrrd) or MetaImage (.mha/.mhd) file, or a DICOM series folder"
 
 
 def image_ending(path: Path) -> str | None:
-    """The supported ending of ``path``'s name (e.g. '.nii.gz'), or None.
+    """The supported ending of ``path``'s name in lower case (e.g. '.nii.gz' for 'CT.NII.GZ'), or None.
 
-    Endings are lower case only: SimpleITK cannot read '.MHA' nor write '.NII.GZ'.
+    The name keeps its own letter case: ``path.name[:-len(ending)]`` is its stem.
     """
-    name = Path(path).name
+    name = Path(path).name.lower()
     return next((ending for ending in SUPPORTED_ENDINGS if name.endswith(ending)), None)
 
 
@@ -49,7 +52,7 @@ def read_image(paths: Sequence[Path]) -> tuple[np.ndarray, Geometry]:
     Raises InputImageError (one line naming the file) when a channel cannot be read, is not a scalar
     3D image, or does not share the first channel's geometry.
     """
-    paths = [Path(p) for p in paths]
+    paths = [p if isinstance(p, DicomSeries) else Path(p) for p in paths]
     if not paths:
         raise InputImageError(f"no image given; expected one path per channel ({_EXPECTED})")
     first = read_channel(paths[0])
@@ -70,8 +73,13 @@ def read_image(paths: Sequence[Path]) -> tuple[np.ndarray, Geometry]:
     return data, geometry
 
 
-def read_channel(path: Path) -> sitk.Image:
-    """Read one channel (an image file, or a folder holding one DICOM series) as a scalar 3D image."""
+def read_channel(path: "Path | DicomSeries") -> sitk.Image:
+    """Read one channel (an image file, a folder holding one DICOM series, or a :class:`DicomSeries`)
+    as a scalar 3D image."""
+    if isinstance(path, DicomSeries):
+        image = read_dicom_files(path)
+        _check_scalar_3d(image, Path(path.name))
+        return image
     path = Path(path)
     if path.is_dir():
         image = read_dicom_series(path)
@@ -89,8 +97,11 @@ def _read_file(path: Path) -> sitk.Image:
         raise InputImageError(f"cannot read {path}: unsupported file type; expected {_EXPECTED}")
     if ending in (".nii", ".nii.gz"):
         check_nifti_complete(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.SetImageIO(_IMAGE_IOS[ending])
     try:
-        return sitk.ReadImage(str(path))
+        return reader.Execute()
     except RuntimeError as error:
         reason = str(error).strip().splitlines()[-1].removeprefix("sitk::ERROR: ")
         raise InputImageError(f"cannot read {path} ({reason}); expected {_EXPECTED}") from None

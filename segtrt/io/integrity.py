@@ -31,7 +31,7 @@ def check_nifti_complete(path: Path) -> None:
     """Raise InputImageError if the NIfTI file ``path`` (.nii or .nii.gz) holds fewer bytes than its header
     announces or ends inside its gzip stream."""
     expected = _expected_nifti_bytes(path)
-    if path.name.endswith(".gz"):
+    if path.name.lower().endswith(".gz"):
         if _gzip_trailer_size(path) == expected % (1 << 32):
             return
         logger.debug("%s: gzip trailer does not match the header; decompressing to check it", path)

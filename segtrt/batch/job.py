@@ -1,0 +1,245 @@
+"""A batch job: discovery -> manifest (resume) -> scheduler (parallel IO around the device) -> report.
+
+``run_batch`` is what ``segtrt predict`` calls for one file or for a hospital's whole tree. The
+predictor stays free of discovery and bookkeeping; this module wires the stages together and owns the
+manifest and the report, which it updates after every case (on the calling thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from segtrt.backends import create_runners
+from segtrt.batch.discovery import Discovery, ModelInputs, discover
+from segtrt.batch.manifest import Manifest, fingerprint, remove_temporary_files, settings_key
+from segtrt.batch.report import REPORT_NAME, BatchReport, CaseRecord
+from segtrt.batch.scheduler import Limits, run_scheduled
+from segtrt.batch.series import SeriesFilter
+from segtrt.config import BatchSettings, PredictSettings
+from segtrt.devices import resolve_device
+from segtrt.errors import InputImageError, SegtrtError
+from segtrt.io import Case, Geometry
+from segtrt.nnunet import load_model
+from segtrt.predictor import Prediction, Predictor
+
+log = logging.getLogger(__name__)
+
+
+class BatchListener(Protocol):
+    """What a front end (the CLI's progress bar) is told; every call is on the calling thread."""
+
+    def started(self, total: int, to_run: int, skipped: int) -> None: ...
+
+    def case_finished(self, record: CaseRecord, report: BatchReport) -> None: ...
+
+
+def run_batch(
+    model_dir: Path, inputs: Sequence[Path], output_dir: Path, settings: PredictSettings,
+    batch: BatchSettings = BatchSettings(), listener: BatchListener | None = None,
+) -> BatchReport:
+    """Predict every case found in ``inputs`` into ``output_dir``; a failing case is reported, not fatal.
+
+    Raises SegtrtError for problems of the whole run (no model, no cases, an output over an input);
+    KeyboardInterrupt after the finished cases are written and recorded, with the report saying so.
+    """
+    started = time.perf_counter()
+    device, device_reason = resolve_device(settings.device)
+    model = load_model(model_dir, configuration=settings.configuration, folds=settings.folds,
+                       checkpoint_name=settings.checkpoint_name, trust=settings.trust_checkpoint, device=device)
+    model_seconds = time.perf_counter() - started
+    folder = model.folder
+    found = _discover(inputs, folder, batch, output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    removed = remove_temporary_files(output_dir)
+    manifest = Manifest(output_dir)
+    key = settings_key(result_settings(settings, folder))
+    records, to_run, resume = _plan(found.cases, manifest, model.identity, key, batch.overwrite, output_dir)
+    runners, backend = create_runners(model, settings, device)
+    report = BatchReport(
+        path=output_dir / REPORT_NAME, settings={**asdict(settings), **asdict(batch)},
+        device={"device": str(device), "reason": device_reason}, backend=backend,
+        model={"path": str(folder.path), "configuration": folder.configuration_name, "folds": list(folder.folds),
+               "identity": model.identity, "settings_key": key},
+        cases=records, discovery=_discovery_entry(found), started=started,
+        resume={**resume, "temporary_files_removed": len(removed)},
+    )
+    report.startup["model_load_seconds"] = round(model_seconds, 3)
+    report.write()
+    manifest.announce([case.case_id for case in to_run], model.identity, key)
+    if listener is not None:
+        listener.started(len(records), len(to_run), resume["skipped"])
+    _run_cases(report, to_run, manifest, model, runners, settings, batch, device, listener)
+    return report
+
+
+def result_settings(settings: PredictSettings, folder) -> dict:
+    """The settings that change what is computed (a change recomputes resumed cases). Settings that
+    change only speed or memory (device, batch size, compile, streaming, workers) are not in it."""
+    return {"backend": settings.backend, "precision": settings.precision, "step_size": settings.step_size,
+            "mirror": settings.mirror, "accumulate": settings.accumulate_dtype,
+            "configuration": folder.configuration_name, "folds": list(folder.folds),
+            "checkpoint": settings.checkpoint_name, "probabilities": settings.save_probabilities}
+
+
+def default_workers(cores: int | None = None) -> int:
+    """Reader/writer threads per kind: a quarter of the cores, 1 to 4 (16 cores -> 4, 2 cores -> 1)."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, min(4, cores // 4))
+
+
+def _discover(inputs: Sequence[Path], folder, batch: BatchSettings, output_dir: Path) -> Discovery:
+    rules = SeriesFilter(modality=batch.modality, description=batch.series_description,
+                         min_slices=batch.min_slices, series_uids=tuple(batch.series_uids))
+    found = discover(inputs, ModelInputs(folder.num_input_channels, tuple(folder.channel_names)),
+                     recursive=batch.recursive, series_filter=rules, exclude=output_dir)
+    for entry in found.skipped:
+        log.info("skipped %s: %s", entry.path, entry.reason)
+    if not found.cases:
+        first = f"; e.g. {found.skipped[0].path}: {found.skipped[0].reason}" if found.skipped else ""
+        hint = "" if batch.recursive else " (sub-folders are searched with --recursive)"
+        raise InputImageError(f"found no cases to segment in {', '.join(map(str, inputs))}{hint}: "
+                              f"{len(found.skipped)} entries skipped{first}")
+    _refuse_overwriting_inputs(found.cases, output_dir)
+    return found
+
+
+def _plan(cases: list[Case], manifest: Manifest, identity: str, key: str, overwrite: bool, output_dir: Path):
+    """Each case's record, the cases to run, and the report's 'resume' entry."""
+    records, to_run, skipped = [], [], 0
+    for case in cases:
+        record = CaseRecord(case.case_id, inputs=[str(p) for p in case.input_files()])
+        decision = manifest.decide(case, identity, key, overwrite)
+        if decision.action == "skip":
+            previous = manifest.records[case.case_id]
+            record.status, record.reason = "skipped", decision.reason
+            record.outputs = dict(previous.get("outputs", {}))
+            segmentation = record.outputs.get("segmentation")
+            record.output = output_dir / segmentation if segmentation else None
+            skipped += 1
+        elif _foreign_output(case, manifest, output_dir, overwrite):
+            record.status = "failed"
+            record.error = (f"{output_dir / case.case_id}.nii.gz exists and this folder's manifest does not say "
+                            "segtrt wrote it; refusing to replace it (use --overwrite, or another -o folder)")
+            log.error("%s: %s", case.case_id, record.error)
+        else:
+            to_run.append(case)
+        records.append(record)
+    if manifest.existed and not overwrite:
+        log.info("resuming from %s: %d of %d case(s) done before are skipped (--overwrite recomputes them)",
+                 manifest.path, skipped, len(cases))
+    return records, to_run, {"manifest": str(manifest.path), "resumed": manifest.existed and not overwrite,
+                             "skipped": skipped, "overwrite": overwrite}
+
+
+def _run_cases(report, to_run, manifest, model, runners, settings, batch, device, listener) -> None:
+    by_id = {record.case_id: record for record in report.cases}
+    position = {record.case_id: i for i, record in enumerate(report.cases)}
+    workers = batch.io_workers or default_workers()
+    limits = Limits(read_workers=workers, read_ahead=workers, write_workers=workers)
+    if not settings.overlap_io:
+        limits = Limits(1, 1, 1)
+    steps = _Steps(report.path.parent, by_id)
+
+    def finished(index: int, record: CaseRecord) -> None:
+        by_id[record.case_id] = record
+        report.cases[position[record.case_id]] = record
+        manifest.append(_manifest_record(to_run[index], record, model.identity, report.model["settings_key"]))
+        report.write()
+        if listener is not None:
+            listener.case_finished(record, report)
+
+    with Predictor(model.folder, runners, settings, model.mirror_axes, device) as predictor:
+        report.startup.update(predictor.startup_seconds())
+        steps.predictor = predictor
+        try:
+            run = run_scheduled(to_run, steps.read, steps.predict, steps.write, steps.failed, finished, limits)
+        except BaseException:
+            report.state = "interrupted"
+            report.write()
+            raise
+    report.io = {"overlapped": settings.overlap_io, "read_workers": limits.read_workers,
+                 "read_ahead": limits.read_ahead, "write_workers": limits.write_workers,
+                 "waited_seconds": {k: round(v, 3) for k, v in run.waited.items()},
+                 "started_epoch": run.started_epoch,
+                 "timeline": [list(entry) for entry in run.timeline]}
+    report.state = "finished"
+    report.write()
+
+
+class _Steps:
+    """The predictor's per-case steps as the scheduler calls them."""
+
+    def __init__(self, output_dir: Path, records: dict[str, CaseRecord]) -> None:
+        self.output_dir, self.records = output_dir, records
+        self.predictor: Predictor | None = None
+
+    def read(self, case: Case) -> tuple[np.ndarray, Geometry, float]:
+        return self.predictor.read_case(case)
+
+    def predict(self, case: Case, loaded) -> tuple[Prediction, Geometry]:
+        image, geometry, read_seconds = loaded
+        prediction = self.predictor.predict_image(image, geometry.spacing)
+        prediction.seconds["read"] = read_seconds
+        return prediction, geometry
+
+    def write(self, case: Case, predicted) -> CaseRecord:
+        prediction, geometry = predicted
+        result = self.predictor.write_case(case, prediction, geometry, self.output_dir)
+        record = self.records[case.case_id]
+        outputs = {"segmentation": _relative(result.output, self.output_dir)}
+        if result.probabilities is not None:
+            outputs["probabilities"] = _relative(result.probabilities, self.output_dir)
+        return CaseRecord(case.case_id, "done", output=result.output, outputs=outputs,
+                          probabilities=result.probabilities, seconds=result.seconds,
+                          inputs=record.inputs, aggregation=result.aggregation)
+
+    def failed(self, case: Case, exc: Exception) -> CaseRecord:
+        """A user error is one log line; anything else logs its traceback."""
+        if isinstance(exc, SegtrtError):
+            log.error("%s: %s", case.case_id, exc)
+            error = str(exc)
+        else:
+            log.error("%s: unexpected error", case.case_id, exc_info=exc)
+            error = f"{type(exc).__name__}: {exc}"
+        return CaseRecord(case.case_id, "failed", error=error, inputs=self.records[case.case_id].inputs)
+
+
+def _manifest_record(case: Case, record: CaseRecord, identity: str, key: str) -> dict:
+    try:
+        inputs = fingerprint(case)
+    except OSError:
+        inputs = []
+    return {"case": case.case_id, "status": record.status, "inputs": inputs, "model": identity,
+            "settings_key": key, "outputs": record.outputs, "error": record.error,
+            "seconds": {k: round(v, 4) for k, v in record.seconds.items()}}
+
+
+def _relative(path: Path, folder: Path) -> str:
+    return Path(path).relative_to(folder).as_posix()
+
+
+def _foreign_output(case: Case, manifest: Manifest, output_dir: Path, overwrite: bool) -> bool:
+    """An output file exists that no run recorded in this folder's manifest wrote (never replaced silently)."""
+    if overwrite or case.case_id in manifest.records:
+        return False
+    return (output_dir / f"{case.case_id}.nii.gz").exists()
+
+
+def _discovery_entry(found: Discovery) -> dict:
+    return {"cases": len(found.cases), "skipped": [s.to_dict() for s in found.skipped],
+            "renamed": [r.to_dict() for r in found.renamed]}
+
+
+def _refuse_overwriting_inputs(cases: list[Case], output_dir: Path) -> None:
+    inputs = {p.resolve() for case in cases for p in case.input_files()}
+    for case in cases:
+        target = (output_dir / f"{case.case_id}.nii.gz").resolve()
+        if target in inputs:
+            raise InputImageError(f"the output {target} would overwrite an input; choose another -o folder")
