@@ -37,3 +37,7 @@ class EngineError(SegtrtError):
 
 class DeviceMemoryError(SegtrtError):
     """The case does not fit in the device's memory with the chosen settings."""
+
+
+class OutputError(SegtrtError):
+    """An output format cannot be written as requested (DICOM output without a DICOM input, a bad label codes file)."""
