@@ -37,3 +37,7 @@ class EngineError(SegtrtError):
 
 class DeviceMemoryError(SegtrtError):
     """The case does not fit in the device's memory with the chosen settings."""
+
+
+class CompiledCacheError(SegtrtError):
+    """An ahead-of-time compiled network in segtrt's cache is damaged or cannot be made as requested."""

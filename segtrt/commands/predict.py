@@ -43,6 +43,8 @@ def register(subparsers) -> None:
                    help="torch backend: compile the network (kernels cached on disk; the first run compiles, "
                         "max-autotune for minutes)")
     p.add_argument("--cuda-graph", action="store_true", help="torch backend: replay the network from CUDA graphs")
+    p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
+                   help="torch backend: weights and patches in channels_last_3d (auto: when compiling on CUDA)")
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz probabilities")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load checkpoints holding Python objects outside nnU-Net's allow-list (runs pickled code)")
@@ -71,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         cuda_graph=args.cuda_graph,
         stream=args.stream,
         overlap_io=not args.no_overlap_io,
+        channels_last=args.channels_last,
     )
     show_progress = not args.no_progress and sys.stderr.isatty()
     report = run_prediction(args.model, args.inputs, args.output, settings, progress_bar=show_progress)
