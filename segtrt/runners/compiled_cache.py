@@ -8,9 +8,14 @@ them go into a sha256 key (the weights by content, never by file time); one entr
     <key>.pt2.json                        what it was compiled from and for, and how long it took
     <key>.pt2.lock                        compilers of the same entry wait on it
 
-Writes are atomic (package first, metadata last, so metadata means "complete"), using the engine
-cache's helpers; a later process loads the package in about a second instead of tracing and
-compiling again (``torch.compile``'s own disk cache still retraces the network in every process).
+Writes are atomic (package first, metadata last, so metadata means "complete and loadable"), using
+the engine cache's helpers; a later process loads the package instead of tracing and compiling again
+(``torch.compile``'s own disk cache still retraces the network in every process).
+
+Before a new package is published it is loaded and run once in a child process: on an H200 with
+torch 2.11.0+cu130 (2026-12-02) loading a freshly compiled package crashed the process (SIGSEGV in
+``AOTIModelPackageLoader``), so a crash must cost the child, not the user's run; it becomes a
+:class:`CompiledCacheError` naming the working alternative (``--compile default``).
 
 The package computes ``network(x)`` under fp16 autocast when ``precision == "fp16"``, on an input
 of exactly ``shape`` in the layout given by ``channels_last`` (see :func:`to_layout`).
@@ -24,6 +29,9 @@ import json
 import logging
 import os
 import secrets
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,6 +224,7 @@ def _compile(network, shape, precision, channels_last, mode, device, path: Path,
         aoti_compile_and_package(program, package_path=str(tmp), inductor_configs=dict(INDUCTOR_OPTIONS[mode]))
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        probe(tmp, shape, channels_last, device)
         digest, size = _file_sha256(tmp), tmp.stat().st_size
         os.replace(tmp, path)
     finally:
@@ -241,3 +250,54 @@ def _file_sha256(path: Path) -> str:
         while chunk := handle.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+_PROBE = """
+import sys, torch
+from torch._inductor import aoti_load_package
+path, shape, channels_last, device = sys.argv[1], eval(sys.argv[2]), sys.argv[3] == "1", torch.device(sys.argv[4])
+model = aoti_load_package(path, device_index=device.index if device.index is not None else -1)
+x = torch.randn(shape, device=device)
+if channels_last:
+    n, c, z, y, w = shape
+    x = x.contiguous(memory_format=torch.channels_last_3d).as_strided(shape, (z * y * w * c, 1, y * w * c, w * c, c))
+with torch.inference_mode():
+    out = model(x)
+if device.type == "cuda":
+    torch.cuda.synchronize(device)
+assert out.shape[0] == shape[0] and out.shape[2:] == x.shape[2:], out.shape
+assert bool(torch.isfinite(out).all()), "non-finite logits"
+"""
+
+
+def probe(path: Path, shape: Sequence[int], channels_last: bool, device: torch.device,
+          timeout_s: float = 600.0) -> None:
+    """Load and run the package at ``path`` once in a child process; CompiledCacheError if that fails.
+
+    The child uses only torch (no segtrt import), a random batch of ``shape`` in the package's layout.
+    """
+    index = device.index if device.index is not None else (torch.cuda.current_device() if device.type == "cuda" else None)
+    where = device.type if index is None else f"{device.type}:{index}"
+    command = [sys.executable, "-c", _PROBE, str(path), repr(tuple(int(s) for s in shape)),
+               "1" if channels_last else "0", where]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise CompiledCacheError(f"loading the compiled network took over {timeout_s:.0f} s in a test process; "
+                                 "use --compile default") from exc
+    if done.returncode != 0:
+        how = _exit_reason(done.returncode)
+        last = (done.stderr.strip().splitlines() or [""])[-1][:300]
+        raise CompiledCacheError(
+            f"the ahead-of-time package compiled with torch {torch.__version__} failed when a test process loaded "
+            f"and ran it on {where} ({how}{': ' + last if last else ''}); this torch cannot use --compile aot here, "
+            "use --compile default (torch.compile with inductor's disk cache)")
+
+
+def _exit_reason(code: int) -> str:
+    if code >= 0:
+        return f"exit {code}"
+    try:
+        return f"signal {signal.Signals(-code).name}"
+    except ValueError:
+        return f"signal {-code}"

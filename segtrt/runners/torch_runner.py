@@ -124,13 +124,13 @@ class TorchRunner(Runner):
             torch.backends.cudnn.benchmark = self._cudnn_benchmark
             self._cudnn_benchmark = None
 
-    def prepare(self, shape: tuple[int, ...]) -> compiled_cache.CompiledNetwork:
+    def prepare(self, shape: tuple[int, ...], rebuild: bool = False) -> compiled_cache.CompiledNetwork:
         """Load (or compile once) the ahead-of-time package for batches of ``shape`` (N, C, Z, Y, X)."""
         if not self.ahead_of_time:
             raise RuntimeError("prepare() is for the ahead-of-time path")
-        if self.compiled is None or self.compiled_info["input_shape"] != list(shape):
-            self.compiled = compiled_cache.get_or_compile(
-                self.network, shape, self.precision, self.channels_last, self.compile_mode, device=self.device)
+        if rebuild or self.compiled is None or self.compiled_info["input_shape"] != list(shape):
+            self.compiled = compiled_cache.get_or_compile(self.network, shape, self.precision, self.channels_last,
+                                                          self.compile_mode, device=self.device, rebuild=rebuild)
             self.compiled_info = {**self.compiled.describe(), "input_shape": list(shape)}
             log.info("ahead-of-time network %s (%s start, %.1f s)", self.compiled.path.name,
                      "warm" if self.compiled.warm else "cold", self.compiled.seconds)
@@ -144,6 +144,7 @@ class TorchRunner(Runner):
     def infer_impl(self, batch: torch.Tensor) -> torch.Tensor:
         first = self.first_call_seconds is None
         start = time.perf_counter() if first else 0.0
+        before = _inductor_cache_counts() if first and self.compile_mode and not self.ahead_of_time else None
         if self.cuda_graph:
             key = (tuple(batch.shape), batch.dtype)
             if key not in self._graphs:
@@ -155,6 +156,8 @@ class TorchRunner(Runner):
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.first_call_seconds = time.perf_counter() - start
+            if before is not None:
+                self.compiled_info = _cache_start(before, _inductor_cache_counts())
             log.info("torch runner first call (%s) took %.1f s", self._path(), self.first_call_seconds)
         return out
 
@@ -182,6 +185,23 @@ class TorchRunner(Runner):
         if self.compiled_info is not None:
             info["compiled"] = self.compiled_info
         return info
+
+
+def _inductor_cache_counts() -> dict[str, int]:
+    """torch.compile's cache hits and misses so far in this process (inductor's FX graph cache, AOTAutograd's)."""
+    from torch._dynamo.utils import counters
+
+    return {"fxgraph_hits": counters["inductor"]["fxgraph_cache_hit"],
+            "fxgraph_misses": counters["inductor"]["fxgraph_cache_miss"],
+            "autograd_hits": counters["aot_autograd"]["autograd_cache_hit"]}
+
+
+def _cache_start(before: dict[str, int], after: dict[str, int]) -> dict:
+    """What a first compiled call found in inductor's disk cache: ``warm`` (all hits) or ``cold``."""
+    delta = {name: after[name] - before[name] for name in after}
+    hits = delta["fxgraph_hits"] + delta["autograd_hits"]
+    delta["start"] = "warm" if hits > 0 and delta["fxgraph_misses"] == 0 else "cold"
+    return delta
 
 
 class _CapturedGraph:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,3 +107,26 @@ def test_ahead_of_time_package_is_compiled_once_then_loaded(tmp_path, monkeypatc
         with TorchRunner(net, "cpu", compile_mode="default", batch_size=2, channels_last=True,
                          ahead_of_time=True) as runner:
             runner.infer(x)
+
+
+def test_probe_turns_a_package_that_cannot_load_into_an_error(tmp_path):
+    bad = tmp_path / "bad.pt2"
+    bad.write_bytes(b"not a package")
+    with pytest.raises(CompiledCacheError, match="failed when a test process loaded and ran it on cpu"):
+        compiled_cache.probe(bad, (1, 2, 8, 8, 8), True, torch.device("cpu"))
+
+
+def test_a_package_that_fails_its_probe_is_not_published(tmp_path, monkeypatch):
+    def fake_compile(program, package_path, inductor_configs):
+        Path(package_path).write_bytes(b"kernels")
+        return package_path
+
+    def failing_probe(path, shape, channels_last, device):
+        assert Path(path).is_file() and path.name.endswith(".tmp.pt2")  # probed before it is published
+        raise CompiledCacheError("crashed")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", fake_compile)
+    monkeypatch.setattr(compiled_cache, "probe", failing_probe)
+    with pytest.raises(CompiledCacheError, match="crashed"):
+        compiled_cache.get_or_compile(_net(), (1, 2, 8, 8, 8), "fp32", True, device=torch.device("cpu"), root=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == []

@@ -51,9 +51,15 @@ def test_compiled_matches_eager_on_cpu(tmp_path, monkeypatch):
         out = runner.infer(x).numpy()
         assert runner.describe()["path"] == "compile:default"
         assert runner.first_call_seconds is not None
+        assert runner.describe()["compiled"]["start"] == "cold"
     torch._dynamo.reset()
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
     assert any((tmp_path / "inductor").iterdir()), "inductor wrote no on-disk cache"
+    with TorchRunner(net, "cpu", compile_mode="default", batch_size=2) as runner:  # as a later process would
+        again = runner.infer(x).numpy()
+        assert runner.describe()["compiled"]["start"] == "warm", runner.describe()
+    torch._dynamo.reset()
+    np.testing.assert_array_equal(again, out)
 
 
 @pytest.mark.gpu
