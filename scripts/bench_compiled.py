@@ -4,12 +4,13 @@
 One run, in this order (each later step is skipped once ``--budget-s`` of wall time is spent):
 
 1. eager fp32 reference and eager fp16 (NCDHW), then TorchRunner's ``--compile default`` in NCDHW and in
-   channels_last_3d (fp16, and fp32 for correctness), then the ahead-of-time (AOTInductor) package in
-   channels_last_3d compiled cold into an empty segtrt cache; each with its first-call seconds, median
-   ms/patch over CUDA events and max |out - eager fp32| / max |eager fp32|;
-2. a second process on the same cache (``--phase warm``): seconds from model load to the first batch
-   of logits for the ahead-of-time package and for ``torch.compile`` with inductor's disk cache;
-3. CUDA graphs replaying the channels-last compiled network, other batch sizes, ResEnc-M.
+   channels_last_3d (fp16; the channels-last one also replayed from a CUDA graph), and the profile's
+   recipe outside the runner (``model.half()``, ``.to(channels_last_3d)``); each with its first-call
+   seconds, median ms/patch over CUDA events and max |out - eager fp32| / max |eager fp32|;
+2. fresh processes on the same caches (``--sub``, default ``compile-warm``): seconds from model load to
+   the first batch of logits for ``torch.compile`` with inductor's disk cache, and with
+   ``--sub aot-cold aot-warm`` for the ahead-of-time package (compile + probe, then load);
+3. unless ``--no-extra``: ResEnc-M (channels-last and NCDHW), batch 8 and batch 2.
 
     python scripts/bench_compiled.py --workload wholebody --batch 4 --out $OUT
 
@@ -112,14 +113,39 @@ def cold_phase(args) -> list[dict]:
             continue
         rows.append(_guarded(name, lambda: run_variant(name, net, x, reference, args.iters, graph, **kwargs)))
         print(json.dumps(rows[-1]), flush=True)
+    if "manual half cl" not in args.skip:
+        rows.append(_guarded("manual half cl", lambda: manual_half(net, x, reference, args.iters)))
+        print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def manual_half(net, x, reference, iters: int) -> dict:
+    """The profile's recipe outside the runner: model.half(), weights and input via .to(channels_last_3d)."""
+    import copy
+
+    half = copy.deepcopy(net).half().to(memory_format=torch.channels_last_3d)
+    xh = x.half().to(memory_format=torch.channels_last_3d)
+    compiled = torch.compile(half, mode="default", dynamic=False, fullgraph=True)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = compiled(xh)
+        torch.cuda.synchronize()
+        first = time.perf_counter() - t0
+
+        def call(batch):
+            return compiled(batch)
+
+        ms = timed(call, xh, iters)
+    torch._dynamo.reset()
+    return {"variant": "manual half cl", "batch": x.shape[0], "first_call_s": round(first, 2),
+            "rel_err": rel_err(out, reference), "ms_per_patch": ms / x.shape[0], "input_stride": list(xh.stride())}
 
 
 SUBPHASES = {
     # a fresh process each (an AOTInductor crash must not take the other numbers with it)
     "aot-cold": [("aot fp16 cl cold", {"compile_mode": "default", "ahead_of_time": True}, False)],
-    "warm": [("aot fp16 cl warm", {"compile_mode": "default", "ahead_of_time": True}, False),
-             ("compile fp16 cl warm cache", {"compile_mode": "default"}, False)],
+    "compile-warm": [("compile fp16 cl warm cache", {"compile_mode": "default"}, False)],
+    "aot-warm": [("aot fp16 cl warm", {"compile_mode": "default", "ahead_of_time": True}, False)],
     "cl": [("compile fp16 cl", {"compile_mode": "default"}, True)],
     "aot-graph": [("aot fp16 cl + cuda graph", {"compile_mode": "default", "ahead_of_time": True}, True)],
     "fp32": [("compile fp32 cl", {"compile_mode": "default", "precision": "fp32"}, False)],
@@ -203,7 +229,7 @@ def main() -> int:
     p.add_argument("--budget-s", type=float, default=360.0, help="skip the optional steps past this wall time")
     p.add_argument("--phase", choices=("all", *SUBPHASES), default="all")
     p.add_argument("--skip", nargs="*", default=[], help="main-process variants to leave out")
-    p.add_argument("--sub", nargs="*", default=list(SUBPHASES), choices=list(SUBPHASES), help="fresh-process phases to run, in order")
+    p.add_argument("--sub", nargs="*", default=["compile-warm"], choices=list(SUBPHASES), help="fresh-process phases to run, in order")
     p.add_argument("--no-extra", action="store_true", help="skip step 3")
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     args = p.parse_args()
