@@ -150,3 +150,22 @@ def test_channels_last_compiled_matches_eager_on_cpu(tmp_path, monkeypatch):
     torch._dynamo.reset()
     assert out.is_contiguous()
     np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_channels_last_compiled_fp16_matches_eager_fp32_on_cuda(tmp_path, monkeypatch):
+    # H200, default CT U-Net: 1.8e-3 of the largest logit (fp16 autocast vs fp32); 2e-2 leaves room for small nets
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    net = _unet("plain").cuda()
+    x = torch.randn(2, 1, 32, 32, 32, device="cuda")
+    with torch.inference_mode():
+        expected = net(x).float().cpu().numpy()
+    with TorchRunner(net, "cuda", "fp16", compile_mode="default", batch_size=2) as runner:
+        assert runner.channels_last and runner.describe()["layout"] == "channels_last_3d"
+        out = runner.infer(x)
+        assert out.is_contiguous() and out.dtype == torch.float16
+    torch._dynamo.reset()
+    np.testing.assert_allclose(out.float().cpu().numpy(), expected, rtol=0, atol=2e-2 * np.abs(expected).max())
