@@ -9,8 +9,13 @@ from pathlib import Path
 
 PRECISIONS = ("fp32", "fp16")
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "auto")
-#: --compile values -> torch.compile modes (None = eager).
-COMPILE_MODES = {"off": None, "default": "default", "max-autotune": "max-autotune-no-cudagraphs"}
+#: --compile values -> torch.compile / inductor modes (None = eager).
+COMPILE_MODES = {"off": None, "default": "default", "max-autotune": "max-autotune-no-cudagraphs",
+                 "aot": "default", "aot-max-autotune": "max-autotune-no-cudagraphs"}
+#: --compile values that load (or compile once) an AOTInductor package from segtrt's cache.
+AHEAD_OF_TIME = ("aot", "aot-max-autotune")
+#: --channels-last values -> TorchRunner(channels_last=...) (None = on when compiling on CUDA).
+CHANNELS_LAST = {"auto": None, "on": True, "off": False}
 
 #: Folder of the embedded default model (``sample_data/model`` in a source checkout).
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "sample_data" / "model"
@@ -42,6 +47,8 @@ class PredictSettings:
     overlap_io: in a batch, read the next case and write the previous one in two background threads
         while the current case is on the device (segtrt.batch.scheduler; reads ahead and writes in flight bounded by
         the worker counts); ``False`` does read -> predict -> write strictly in sequence.
+    channels_last: torch backend only: ``auto`` (weights and batches in channels_last_3d when compiling on
+        CUDA, where it removes cuDNN's layout transposes), ``on`` or ``off``.
     """
 
     device: str = "auto"
@@ -60,6 +67,7 @@ class PredictSettings:
     cuda_graph: bool = False
     stream: str = "auto"
     overlap_io: bool = True
+    channels_last: str = "auto"
 
 
 @dataclass(frozen=True)

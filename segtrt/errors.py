@@ -41,3 +41,7 @@ class DeviceMemoryError(SegtrtError):
 
 class OutputError(SegtrtError):
     """An output format cannot be written as requested (DICOM output without a DICOM input, a bad label codes file)."""
+
+
+class CompiledCacheError(SegtrtError):
+    """An ahead-of-time compiled network in segtrt's cache is damaged or cannot be made as requested."""

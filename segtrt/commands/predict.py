@@ -63,6 +63,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", default=d.compile, choices=tuple(COMPILE_MODES),
                    help="torch backend: compile the network (kernels cached on disk; the first run compiles)")
     p.add_argument("--cuda-graph", action="store_true", help="torch backend: replay the network from CUDA graphs")
+    p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
+                   help="torch backend: weights and patches in channels_last_3d (auto: when compiling on CUDA)")
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz probabilities")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load checkpoints holding Python objects outside nnU-Net's allow-list (runs pickled code)")
@@ -94,6 +96,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[PredictSettings, Batch
         backend=args.backend, folds=tuple(args.folds) if args.folds else None, configuration=args.configuration,
         checkpoint_name=args.checkpoint, trust_checkpoint=args.trust_checkpoint, compile=args.compile,
         cuda_graph=args.cuda_graph, stream=args.stream, overlap_io=not args.no_overlap_io,
+        channels_last=args.channels_last,
     )
     batch = BatchSettings(
         recursive=args.recursive, overwrite=args.overwrite, io_workers=args.io_workers, modality=args.modality,
