@@ -25,8 +25,10 @@ from segtrt.batch.series import SeriesFilter
 from segtrt.config import BatchSettings, PredictSettings
 from segtrt.devices import resolve_device
 from segtrt.errors import InputImageError, SegtrtError
-from segtrt.io import Case, Geometry
+from segtrt.io import Case, DicomSeries, Geometry
 from segtrt.nnunet import load_model
+from segtrt.outputs import (BatchCaseSummary, ModelDescription, OutputOptions, label_names_from_dataset,
+                            write_batch_outputs, write_case_outputs)
 from segtrt.predictor import Prediction, Predictor
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ class BatchListener(Protocol):
 def run_batch(
     model_dir: Path, inputs: Sequence[Path], output_dir: Path, settings: PredictSettings,
     batch: BatchSettings = BatchSettings(), listener: BatchListener | None = None,
+    outputs: OutputOptions = OutputOptions(),
 ) -> BatchReport:
     """Predict every case found in ``inputs`` into ``output_dir``; a failing case is reported, not fatal.
 
@@ -59,11 +62,11 @@ def run_batch(
     output_dir.mkdir(parents=True, exist_ok=True)
     removed = remove_temporary_files(output_dir)
     manifest = Manifest(output_dir)
-    key = settings_key(result_settings(settings, folder))
-    records, to_run, resume = _plan(found.cases, manifest, model.identity, key, batch.overwrite, output_dir)
+    key = settings_key({**result_settings(settings, folder), "outputs": outputs_key(outputs)})
+    records, to_run, resume = _plan(found.cases, manifest, model.identity, key, batch.overwrite, output_dir, outputs)
     runners, backend = create_runners(model, settings, device)
     report = BatchReport(
-        path=output_dir / REPORT_NAME, settings={**asdict(settings), **asdict(batch)},
+        path=output_dir / REPORT_NAME, settings={**asdict(settings), **asdict(batch), "outputs": asdict(outputs)},
         device={"device": str(device), "reason": device_reason}, backend=backend,
         model={"path": str(folder.path), "configuration": folder.configuration_name, "folds": list(folder.folds),
                "identity": model.identity, "settings_key": key},
@@ -75,7 +78,11 @@ def run_batch(
     manifest.announce([case.case_id for case in to_run], model.identity, key)
     if listener is not None:
         listener.started(len(records), len(to_run), resume["skipped"])
-    _run_cases(report, to_run, manifest, model, runners, settings, batch, device, listener)
+    writer = _CaseWriter(output_dir, outputs, model)
+    try:
+        _run_cases(report, to_run, manifest, model, runners, settings, batch, device, listener, writer)
+    finally:
+        _write_batch_outputs(report, outputs)
     return report
 
 
@@ -86,6 +93,13 @@ def result_settings(settings: PredictSettings, folder) -> dict:
             "mirror": settings.mirror, "accumulate": settings.accumulate_dtype,
             "configuration": folder.configuration_name, "folds": list(folder.folds),
             "checkpoint": settings.checkpoint_name, "probabilities": settings.save_probabilities}
+
+
+def outputs_key(outputs: OutputOptions) -> dict:
+    """The output options that change which files a case has (part of the manifest's settings key)."""
+    return {"formats": sorted(outputs.formats), "statistics": outputs.statistics, "preview": outputs.preview,
+            "label_codes": str(outputs.label_codes) if outputs.label_codes else None,
+            "seg_encoding": outputs.seg_encoding}
 
 
 def default_workers(cores: int | None = None) -> int:
@@ -110,7 +124,8 @@ def _discover(inputs: Sequence[Path], folder, batch: BatchSettings, output_dir: 
     return found
 
 
-def _plan(cases: list[Case], manifest: Manifest, identity: str, key: str, overwrite: bool, output_dir: Path):
+def _plan(cases: list[Case], manifest: Manifest, identity: str, key: str, overwrite: bool, output_dir: Path,
+          outputs: OutputOptions = OutputOptions()):
     """Each case's record, the cases to run, and the report's 'resume' entry."""
     records, to_run, skipped = [], [], 0
     for case in cases:
@@ -123,6 +138,12 @@ def _plan(cases: list[Case], manifest: Manifest, identity: str, key: str, overwr
             segmentation = record.outputs.get("segmentation")
             record.output = output_dir / segmentation if segmentation else None
             skipped += 1
+        elif outputs.needs_dicom and not isinstance(case.channels[0], DicomSeries):
+            record.status = "failed"
+            record.error = (f"--output-format {' '.join(f for f in outputs.formats if f != 'nifti')} needs a DICOM "
+                            f"series as input, got {case.channels[0]}; expected a folder of DICOM slice files, or "
+                            "--output-format nifti")
+            log.error("%s: %s", case.case_id, record.error)
         elif _foreign_output(case, manifest, output_dir, overwrite):
             record.status = "failed"
             record.error = (f"{output_dir / case.case_id}.nii.gz exists and this folder's manifest does not say "
@@ -138,7 +159,7 @@ def _plan(cases: list[Case], manifest: Manifest, identity: str, key: str, overwr
                              "skipped": skipped, "overwrite": overwrite}
 
 
-def _run_cases(report, to_run, manifest, model, runners, settings, batch, device, listener) -> None:
+def _run_cases(report, to_run, manifest, model, runners, settings, batch, device, listener, writer) -> None:
     if not to_run:
         report.state = "finished"
         report.write()
@@ -149,7 +170,7 @@ def _run_cases(report, to_run, manifest, model, runners, settings, batch, device
     limits = Limits(read_workers=workers, read_ahead=workers, write_workers=workers)
     if not settings.overlap_io:
         limits = Limits(1, 1, 1)
-    steps = _Steps(report.path.parent, by_id)
+    steps = _Steps(report.path.parent, by_id, writer)
 
     def finished(index: int, record: CaseRecord) -> None:
         by_id[record.case_id] = record
@@ -186,29 +207,23 @@ def _run_cases(report, to_run, manifest, model, runners, settings, batch, device
 class _Steps:
     """The predictor's per-case steps as the scheduler calls them."""
 
-    def __init__(self, output_dir: Path, records: dict[str, CaseRecord]) -> None:
-        self.output_dir, self.records = output_dir, records
+    def __init__(self, output_dir: Path, records: dict[str, CaseRecord], writer: "_CaseWriter") -> None:
+        self.output_dir, self.records, self.writer = output_dir, records, writer
         self.predictor: Predictor | None = None
 
     def read(self, case: Case) -> tuple[np.ndarray, Geometry, float]:
         return self.predictor.read_case(case)
 
-    def predict(self, case: Case, loaded) -> tuple[Prediction, Geometry]:
+    def predict(self, case: Case, loaded) -> tuple[Prediction, Geometry, np.ndarray]:
+        """The prediction, its geometry and the image (statistics and previews need it when writing)."""
         image, geometry, read_seconds = loaded
         prediction = self.predictor.predict_image(image, geometry.spacing)
         prediction.seconds["read"] = read_seconds
-        return prediction, geometry
+        return prediction, geometry, image
 
     def write(self, case: Case, predicted) -> CaseRecord:
-        prediction, geometry = predicted
-        result = self.predictor.write_case(case, prediction, geometry, self.output_dir)
-        record = self.records[case.case_id]
-        outputs = {"segmentation": _relative(result.output, self.output_dir)}
-        if result.probabilities is not None:
-            outputs["probabilities"] = _relative(result.probabilities, self.output_dir)
-        return CaseRecord(case.case_id, "done", output=result.output, outputs=outputs,
-                          probabilities=result.probabilities, seconds=result.seconds,
-                          inputs=record.inputs, aggregation=result.aggregation)
+        prediction, geometry, image = predicted
+        return self.writer.write(case, prediction, geometry, image, self.predictor, self.records[case.case_id])
 
     def failed(self, case: Case, exc: Exception) -> CaseRecord:
         """A user error is one log line; anything else logs its traceback."""
@@ -219,6 +234,60 @@ class _Steps:
             log.error("%s: unexpected error", case.case_id, exc_info=exc)
             error = f"{type(exc).__name__}: {exc}"
         return CaseRecord(case.case_id, "failed", error=error, inputs=self.records[case.case_id].inputs)
+
+
+class _CaseWriter:
+    """Writes one case's files: the NIfTI label map (and probabilities) through the predictor, then what
+    ``segtrt.outputs`` adds (legend, DICOM SEG, RTSTRUCT, statistics, preview). Runs on writer threads."""
+
+    def __init__(self, output_dir: Path, options: OutputOptions, model) -> None:
+        from segtrt import __version__
+
+        folder = model.folder
+        self.output_dir, self.options = output_dir, options
+        self.label_names = label_names_from_dataset(folder.dataset)
+        self.description = ModelDescription(
+            name=str(folder.dataset.get("name", folder.path.name)), identity=model.identity,
+            configuration=folder.configuration_name, folds=tuple(str(f) for f in folder.folds), version=__version__)
+
+    def write(self, case: Case, prediction: Prediction, geometry: Geometry, image: np.ndarray,
+              predictor: Predictor, previous: CaseRecord) -> CaseRecord:
+        start = time.perf_counter()
+        seconds = dict(prediction.seconds)
+        outputs: dict[str, str] = {}
+        output = probabilities = None
+        if "nifti" in self.options.formats:
+            result = predictor.write_case(case, prediction, geometry, self.output_dir)
+            output, probabilities, seconds = result.output, result.probabilities, result.seconds
+            outputs["segmentation"] = _relative(output, self.output_dir)
+            if probabilities is not None:
+                outputs["probabilities"] = _relative(probabilities, self.output_dir)
+        channel = case.channels[0]
+        extra = write_case_outputs(self.output_dir / case.case_id, prediction.labels, image, geometry,
+                                   self.label_names, self.options, self.description,
+                                   dicom_files=channel.files if isinstance(channel, DicomSeries) else None,
+                                   case_id=case.case_id)
+        outputs.update({kind: _relative(path, self.output_dir) for kind, path in extra.files.items()})
+        seconds["write"] = time.perf_counter() - start
+        return CaseRecord(case.case_id, "done", output=output, outputs=outputs, probabilities=probabilities,
+                          seconds=seconds, inputs=previous.inputs, aggregation=prediction.aggregation,
+                          statistics=extra.statistics, warnings=list(extra.warnings))
+
+
+def _write_batch_outputs(report: BatchReport, options: OutputOptions) -> None:
+    """The batch's QA page (index.html) and statistics CSV, listed in the report."""
+    folder = report.path.parent
+    summaries = [BatchCaseSummary(c.case_id, c.status, c.error or c.reason,
+                                  {k: folder / v for k, v in c.outputs.items()}, c.statistics, tuple(c.warnings))
+                 for c in report.cases if c.status != "pending"]
+    try:
+        written = write_batch_outputs(folder, summaries, options)
+    except SegtrtError as error:  # the cases are written; say why the page is missing
+        log.error("batch outputs not written: %s", error)
+        report.batch_outputs = {"error": str(error)}
+    else:
+        report.batch_outputs = {kind: _relative(path, folder) for kind, path in written.items()}
+    report.write()
 
 
 def _manifest_record(case: Case, record: CaseRecord, identity: str, key: str) -> dict:

@@ -34,6 +34,8 @@ class CaseRecord:
     reason: str | None = None
     inputs: list[str] = field(default_factory=list)
     aggregation: object | None = None
+    statistics: list[dict] | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -61,6 +63,7 @@ class BatchReport:
     resume: dict = field(default_factory=dict)
     startup: dict = field(default_factory=dict)
     io: dict = field(default_factory=dict)
+    batch_outputs: dict = field(default_factory=dict)
     state: str = "running"
     seconds_total: float = 0.0
     started: float = field(default_factory=time.perf_counter)
@@ -85,6 +88,7 @@ class BatchReport:
             "segtrt_version": __version__, "host": platform.node(), "state": self.state,
             "settings": self.settings, "device": self.device, "backend": self.backend, "model": self.model,
             "startup": self.startup, "io": self.io, "discovery": self.discovery, "resume": self.resume,
+            "batch_outputs": self.batch_outputs,
             "summary": self.summary(), "failed": self.counts()["failed"],
             "cases": [c.to_dict() for c in self.cases], "seconds_total": round(self.seconds_total, 3),
         }

@@ -39,6 +39,9 @@ def register(subparsers) -> None:
                    help="nnU-Net v2 model folder (without it: the bundled demonstration model, with a warning)")
     _add_model_options(p)
     _add_batch_options(p)
+    from segtrt.outputs import add_output_arguments
+
+    add_output_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per case instead)")
     p.set_defaults(func=run)
 
@@ -108,8 +111,10 @@ def settings_from_args(args: argparse.Namespace) -> tuple[PredictSettings, Batch
 def run(args: argparse.Namespace) -> int:
     from segtrt.batch import run_batch
     from segtrt.commands.progress import BatchProgress, print_summary
+    from segtrt.outputs import output_options_from_args
 
     settings, batch = settings_from_args(args)
+    outputs = output_options_from_args(args)
     model = args.model
     if model is None:
         model = DEFAULT_MODEL_DIR
@@ -119,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     quiet = bool(getattr(args, "quiet", False))
     progress = BatchProgress(bar=not args.no_progress and not quiet and sys.stderr.isatty(), quiet=quiet)
     try:
-        report = run_batch(model, args.inputs, args.output, settings, batch, listener=progress)
+        report = run_batch(model, args.inputs, args.output, settings, batch, listener=progress, outputs=outputs)
     finally:
         progress.close()
     print_summary(report, quiet=quiet)

@@ -204,3 +204,33 @@ def test_no_cases_is_a_usage_error(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert err.startswith("segtrt: error: found no cases to segment in") and "--recursive" in err
     assert err.count("\n") == 1
+
+
+def test_outputs_beyond_nifti_are_written_recorded_and_resumed(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["predict", str(REAL_SERIES), str(SAMPLE_CT), "-o", str(out), *FAST, "--statistics", "--preview"]
+    assert main(args) == 0
+    body = report(out)
+    by_id = {c["case_id"]: c for c in body["cases"]}
+    assert set(by_id["example_ct"]["outputs"]) >= {"segmentation", "legend", "statistics", "preview"}
+    assert by_id["example_ct"]["statistics"] and body["batch_outputs"] == {"statistics": "statistics.csv",
+                                                                           "index": "index.html"}
+    for case in by_id.values():
+        for relative in case["outputs"].values():
+            assert (out / relative).is_file(), relative
+    assert main(args) == 0 and report(out)["summary"]["skipped"] == 2, "all outputs there: resumed"
+    (out / "example_ct.preview.png").unlink()
+    assert main(args) == 0 and report(out)["summary"]["done"] == 1, "a missing output recomputes its case"
+    assert main(args[:-1]) == 0 and report(out)["summary"]["done"] == 2, "other outputs asked: recomputed"
+
+
+def test_dicom_outputs_need_a_dicom_input_and_fail_before_predicting(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    code = main(["predict", str(REAL_SERIES), str(SAMPLE_CT), "-o", str(out), *FAST,
+                 "--output-format", "nifti", "dicom-seg", "--derive-missing-uids"])
+    assert code == 1
+    by_id = {c["case_id"]: c for c in report(out)["cases"]}
+    assert by_id["example_ct_dicom"]["status"] == "done" and (out / "example_ct_dicom.seg.dcm").is_file()
+    assert by_id["example_ct"]["status"] == "failed" and not by_id["example_ct"]["seconds"]
+    assert "needs a DICOM series as input" in by_id["example_ct"]["error"]
+    assert not (out / "example_ct.nii.gz").exists()
