@@ -17,8 +17,9 @@ AHEAD_OF_TIME = ("aot", "aot-max-autotune")
 #: --channels-last values -> TorchRunner(channels_last=...) (None = on when compiling on CUDA).
 CHANNELS_LAST = {"auto": None, "on": True, "off": False}
 
-#: Folder of the embedded default model (``sample_data/model`` in a source checkout).
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "sample_data" / "model"
+#: Folder of the bundled demonstration model, shipped inside the package (``sample_data/model`` in a
+#: source checkout links to it). Used without ``-m`` only, with a warning that names it.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "sample_model"
 
 
 def cache_dir() -> Path:

@@ -20,7 +20,7 @@ from segtrt.batch.report import BatchReport, CaseRecord
 from segtrt.runners.torch_runner import TorchRunner
 from segtrt.streaming import StreamChoice
 
-SAMPLE_CT = DEFAULT_MODEL_DIR.parent / "example_ct.nii.gz"
+SAMPLE_CT = Path(__file__).resolve().parents[1] / "sample_data" / "example_ct.nii.gz"
 CPU = torch.device("cpu")
 
 

@@ -22,7 +22,7 @@ from segtrt.batch.manifest import TEMPORARY_FILE
 from segtrt.cli import main
 from segtrt.config import DEFAULT_MODEL_DIR
 
-SAMPLE_CT = DEFAULT_MODEL_DIR.parent / "example_ct.nii.gz"
+SAMPLE_CT = Path(__file__).resolve().parents[2] / "sample_data" / "example_ct.nii.gz"
 FAST = ["--device", "cpu", "--no-tta", "--no-progress"]
 
 
