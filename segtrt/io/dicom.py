@@ -43,19 +43,7 @@ def read_dicom_files(series: DicomSeries) -> sitk.Image:
     """Read ``series.files`` (already in slice order) as one 3D image; same checks as :func:`read_dicom_series`."""
     if not series.files:
         raise InputImageError(f"DICOM series {series} has no files; expected the slice files of one series")
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames([str(f) for f in series.files])
-    reader.MetaDataDictionaryArrayUpdateOn()
-    try:
-        image = reader.Execute()
-    except RuntimeError as error:
-        reason = str(error).strip().splitlines()[-1]
-        raise InputImageError(
-            f"cannot read DICOM series {series} ({reason}); expected slices of one size and orientation"
-        ) from None
-    _check_slice_spacing(reader, image, series.name)
-    logger.debug("read DICOM series %s: %d files, size %s", series, len(series.files), image.GetSize())
-    return image
+    return _read_slices([str(f) for f in series.files], str(series), series.name)
 
 
 def list_dicom_series(folder: Path) -> tuple[str, ...]:
@@ -91,6 +79,12 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image
         raise InputImageError(f"DICOM input {folder} is not a folder; expected a folder of DICOM slice files")
     uid = _choose_series(folder, list_dicom_series(folder), series_uid)
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+    return _read_slices(list(files), f"{uid!r} in {folder}", folder)
+
+
+def _read_slices(files: list[str], name: str, where: Path | str) -> sitk.Image:
+    """The slice files (in order) as one 3D image, after the slice-spacing check; ``name`` and ``where``
+    (the folder, or the series' description) for messages."""
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -99,11 +93,10 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image
     except RuntimeError as error:
         reason = str(error).strip().splitlines()[-1]
         raise InputImageError(
-            f"cannot read DICOM series {uid!r} in {folder} ({reason}); "
-            "expected slices of one size and orientation"
+            f"cannot read DICOM series {name} ({reason}); expected slices of one size and orientation"
         ) from None
-    _check_slice_spacing(reader, image, folder)
-    logger.debug("read DICOM series %r from %s: %d files, size %s", uid, folder, len(files), image.GetSize())
+    _check_slice_spacing(reader, image, where)
+    logger.debug("read DICOM series %s: %d files, size %s", name, len(files), image.GetSize())
     return image
 
 
