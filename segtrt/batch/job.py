@@ -20,7 +20,7 @@ from segtrt.backends import create_runners
 from segtrt.batch.discovery import Discovery, ModelInputs, discover
 from segtrt.batch.manifest import Manifest, fingerprint, remove_temporary_files, settings_key
 from segtrt.batch.report import REPORT_NAME, BatchReport, CaseRecord
-from segtrt.batch.scheduler import Limits, run_scheduled
+from segtrt.batch.scheduler import Limits, run_in_sequence, run_scheduled
 from segtrt.batch.series import SeriesFilter
 from segtrt.config import BatchSettings, PredictSettings
 from segtrt.devices import resolve_device
@@ -168,8 +168,6 @@ def _run_cases(report, to_run, manifest, model, runners, settings, batch, device
     position = {record.case_id: i for i, record in enumerate(report.cases)}
     workers = batch.io_workers or default_workers()
     limits = Limits(read_workers=workers, read_ahead=workers, write_workers=workers)
-    if not settings.overlap_io:
-        limits = Limits(1, 1, 1)
     steps = _Steps(report.path.parent, by_id, writer)
 
     def finished(index: int, record: CaseRecord) -> None:
@@ -188,15 +186,20 @@ def _run_cases(report, to_run, manifest, model, runners, settings, batch, device
         report.startup.update(predictor.startup_seconds())
 
     try:
-        run = run_scheduled(to_run, steps.read, steps.predict, steps.write, steps.failed, finished, limits, prepare)
+        if settings.overlap_io:
+            run = run_scheduled(to_run, steps.read, steps.predict, steps.write, steps.failed, finished, limits,
+                                prepare)
+        else:
+            run = run_in_sequence(to_run, steps.read, steps.predict, steps.write, steps.failed, finished, prepare)
     except BaseException as exc:
         report.state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         report.write()
         raise
     finally:
         predictor.close()
-    report.io = {"overlapped": settings.overlap_io, "read_workers": limits.read_workers,
-                 "read_ahead": limits.read_ahead, "write_workers": limits.write_workers,
+    threads = ({"read_workers": limits.read_workers, "read_ahead": limits.read_ahead,
+                "write_workers": limits.write_workers} if settings.overlap_io else {})
+    report.io = {"overlapped": settings.overlap_io, **threads,
                  "waited_seconds": {k: round(v, 3) for k, v in run.waited.items()},
                  "started_epoch": run.started_epoch,
                  "timeline": [list(entry) for entry in run.timeline]}

@@ -90,6 +90,32 @@ def run_scheduled(
         writers.shutdown(wait=True, cancel_futures=False)
 
 
+def run_in_sequence(
+    cases: Sequence[CaseT],
+    read: Callable[[CaseT], object],
+    predict: Callable[[CaseT, object], object],
+    write: Callable[[CaseT, object], ResultT],
+    on_error: Callable[[CaseT, Exception], ResultT],
+    on_done: Callable[[int, ResultT], None] = lambda index, result: None,
+    prepare: Callable[[], None] | None = None,
+) -> ScheduleRun[ResultT]:
+    """The same steps strictly one after another on the calling thread (``--no-overlap-io``)."""
+    outcome: ScheduleRun = ScheduleRun([None] * len(cases))
+    start = time.perf_counter()
+    if prepare is not None:
+        prepare()
+    for index, case in enumerate(cases):
+        try:
+            result = write(case, predict(case, read(case)))
+        except Exception as exc:
+            result = on_error(case, exc)
+        outcome.results[index] = result
+        outcome.timeline.append((index, "case", threading.current_thread().name, 0.0,
+                                 round(time.perf_counter() - start, 4)))
+        on_done(index, result)
+    return outcome
+
+
 class _Loop(Generic[CaseT, ResultT]):
     """The calling thread's loop: owns the pending reads and the writes in flight."""
 

@@ -234,3 +234,15 @@ def test_dicom_outputs_need_a_dicom_input_and_fail_before_predicting(tmp_path: P
     assert by_id["example_ct"]["status"] == "failed" and not by_id["example_ct"]["seconds"]
     assert "needs a DICOM series as input" in by_id["example_ct"]["error"]
     assert not (out / "example_ct.nii.gz").exists()
+
+
+def test_sequential_and_overlapped_runs_give_the_same_labels(tmp_path: Path) -> None:
+    cases = _cases(tmp_path / "in", 3)
+    assert main(["predict", str(cases), "-o", str(tmp_path / "a"), *FAST, "--io-workers", "2"]) == 0
+    assert main(["predict", str(cases), "-o", str(tmp_path / "b"), *FAST, "--no-overlap-io"]) == 0
+    assert report(tmp_path / "a")["io"]["write_workers"] == 2 and not report(tmp_path / "b")["io"]["overlapped"]
+    threads = {name for _, _, name, *_ in report(tmp_path / "b")["io"]["timeline"]}
+    assert threads == {"MainThread"}
+    for index in range(3):
+        np.testing.assert_array_equal(labels(tmp_path / "a" / f"case{index}.nii.gz"),
+                                      labels(tmp_path / "b" / f"case{index}.nii.gz"))
