@@ -83,8 +83,9 @@ def test_hospital_tree(hospital_tree: Path, tmp_path: Path, capsys) -> None:
     assert skipped["SE2"].endswith("a localizer (scout) series")
     assert skipped["notes.txt"] == skipped["Thumbs.db"] == "not an image or DICOM file"
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert written == sorted([MANIFEST_NAME, REPORT_NAME, "pacs/P1/ST1/SE1.nii.gz", "siteA/2024/PATIENT2.nii.gz",
-                              "siteA/2024/patient1.nii.gz", "siteB/Head.nii.gz", "siteB/scan.nii.gz"])
+    images = ["pacs/P1/ST1/SE1", "siteA/2024/PATIENT2", "siteA/2024/patient1", "siteB/Head", "siteB/scan"]
+    legend = [f"{name}{ending}" for name in images for ending in (".nii.gz", ".labels.json", ".itksnap.txt", ".ctbl")]
+    assert written == sorted([MANIFEST_NAME, REPORT_NAME, "index.html", *legend])
     np.testing.assert_array_equal(labels(out / "siteB/scan.nii.gz"), labels(out / "siteA/2024/PATIENT2.nii.gz"))
     assert not np.array_equal(labels(out / "siteA/2024/patient1.nii.gz"), labels(out / "siteB/scan.nii.gz"))
     assert {p: p.stat().st_mtime_ns for p in hospital_tree.rglob("*") if p.is_file()} == before  # inputs untouched
