@@ -109,7 +109,7 @@ class BatchSettings:
 
 @dataclass(frozen=True)
 class ScaleSettings:
-    """Where a batch runs beyond one device (segtrt.batch.devices, segtrt.scaleout). None changes results.
+    """Where a batch runs beyond one device (segtrt.batch.multi_device, segtrt.scaleout). None changes results.
 
     devices: ``--devices``: one warm predictor per local device, e.g. ('cuda:0', 'cuda:1'); ('all',) for
         every visible CUDA device; ('cpu', 'cpu') gives two CPU workers (for testing). Empty: one device.

@@ -100,10 +100,10 @@ def run_batch(
 
 
 def _open_workers(scale: ScaleSettings, model_dir: Path, settings: PredictSettings):
-    """The workers of ``--devices`` (segtrt.batch.devices) or ``--ray`` (segtrt.scaleout; imports Ray),
+    """The workers of ``--devices`` (segtrt.batch.multi_device) or ``--ray`` (segtrt.scaleout; imports Ray),
     or None for the one-device path, which imports neither."""
     if scale.devices:
-        from segtrt.batch.devices import DeviceWorkers
+        from segtrt.batch.multi_device import DeviceWorkers
 
         return DeviceWorkers(scale.devices, model_dir, settings)
     if scale.ray_address is not None:

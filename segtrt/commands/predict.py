@@ -96,7 +96,7 @@ def _add_batch_options(p: argparse.ArgumentParser) -> None:
 
 def _add_scale_options(p: argparse.ArgumentParser) -> None:
     s = ScaleSettings()
-    g = p.add_argument_group("several GPUs and machines (segtrt.batch.devices, segtrt.scaleout)")
+    g = p.add_argument_group("several GPUs and machines (segtrt.batch.multi_device, segtrt.scaleout)")
     g.add_argument("--devices", default=None, metavar="LIST",
                    help="one warm predictor per local device, sharing the cases: cuda:0,cuda:1,... or all "
                         "(cpu,cpu gives two CPU workers, for testing)")

@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from segtrt.batch.devices import largest_first
+from segtrt.batch.multi_device import largest_first
 from segtrt.batch.job import _manifest_record
 from segtrt.batch.report import CaseRecord
 from segtrt.config import PredictSettings, ScaleSettings
