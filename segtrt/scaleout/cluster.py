@@ -84,6 +84,8 @@ def check_shared_output(output_dir: Path, address: str) -> None:
 
 def write_marker(output_dir: Path) -> tuple[Path, str]:
     """A file in ``output_dir`` holding a random token, which every actor must read back (shared storage)."""
+    for stale in output_dir.glob(f"{MARKER_PREFIX}*"):  # left by a driver killed while starting
+        stale.unlink(missing_ok=True)
     token = secrets.token_hex(8)
     marker = output_dir / f"{MARKER_PREFIX}{token}"
     marker.write_text(token + "\n", encoding="utf-8")

@@ -86,15 +86,25 @@ class RayWorkers:
                                                     "actor_options": self.options}}
 
     def _sizing(self) -> tuple[int, dict]:
-        """How many actors, and the resources each asks for."""
+        """How many actors, and the resources each asks for; refused when the cluster has too few
+        (actors that cannot be placed would wait forever)."""
+        resources = self.ray.cluster_resources()
         if self.scale.ray_cpu_only:
-            return self.scale.ray_workers, {"num_cpus": 1, "num_gpus": 0}
-        gpus = int(self.ray.cluster_resources().get("GPU", 0))
-        if gpus == 0:
-            raise BackendUnavailableError(f"the Ray cluster ({self.address}) has no GPU; start nodes with GPUs, or "
-                                          "use --ray-cpu-only --ray-workers N")
-        count = self.scale.ray_workers or gpus * self.scale.actors_per_gpu
-        return count, {"num_cpus": 1, "num_gpus": 1 / self.scale.actors_per_gpu}
+            count, options = self.scale.ray_workers, {"num_cpus": 1, "num_gpus": 0}
+        else:
+            gpus = int(resources.get("GPU", 0))
+            if gpus == 0:
+                raise BackendUnavailableError(f"the Ray cluster ({self.address}) has no GPU; start nodes with GPUs, "
+                                              "or use --ray-cpu-only --ray-workers N")
+            count = self.scale.ray_workers or gpus * self.scale.actors_per_gpu
+            options = {"num_cpus": 1, "num_gpus": 1 / self.scale.actors_per_gpu}
+        for name, kind in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
+            wanted, present = count * options[name], resources.get(kind, 0)
+            if wanted > present + 1e-9:
+                raise BackendUnavailableError(
+                    f"{count} Ray actor(s) need {wanted:g} {kind}(s) but the cluster ({self.address}) has "
+                    f"{present:g}; pass fewer --ray-workers (or more --ray-actors-per-gpu), or add nodes")
+        return count, options
 
     def _new_actor(self):
         remote = self.ray.remote(CaseWorker).options(max_restarts=0, max_task_retries=0, **self.options)

@@ -148,3 +148,26 @@ def test_usage_errors(args: list[str], message: str, tmp_path: Path, monkeypatch
     assert main(["predict", str(SAMPLE_CT), "-o", "relative_out", *FAST, *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
+
+
+def test_more_actors_than_the_cluster_holds_are_refused(ray_cluster, tmp_path: Path, capsys) -> None:
+    args = ["predict", str(SAMPLE_CT), "-o", str(tmp_path / "out"), *FAST, "--ray", "--ray-cpu-only", "--ray-workers", "3"]
+    assert main(args) == 2
+    assert "3 Ray actor(s) need 3 CPU(s) but the cluster (local) has 2" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_driver_joins_a_running_cluster_by_address(ray_cluster, ray_tmpdir: Path, folder, tmp_path: Path) -> None:
+    """As on a multi-node cluster: the driver is another process joining by address (absolute -o)."""
+    cases, reference = folder
+    out = tmp_path / "out"
+    address = ray_cluster.get_runtime_context().gcs_address
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmpdir)}
+    command = [sys.executable, "-m", "segtrt.cli", "predict", str(cases), "-o", str(out), *FAST,
+               "--ray", address, "--ray-cpu-only", "--ray-workers", "2"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"joined the Ray cluster at {address}" in result.stderr
+    assert_same_labels(out, reference)
+    assert done_records(out) == [f"case{i}" for i in range(CASES)]
+    assert ray_cluster.is_initialized() and ray_cluster.cluster_resources()["CPU"] == 2, "the cluster stays up"
