@@ -132,6 +132,10 @@ class RayWorkers:
         if replaced >= len(self.slots) * (self.scale.max_retries + 1):
             log.error("Ray actor %d lost and not replaced (%d replacements made already)", slot, replaced)
             return False
+        try:
+            self.ray.kill(self.actors[slot], no_restart=True)  # it may only be unreachable: never keep two
+        except Exception:  # already gone
+            pass
         self.actors[slot] = self._new_actor()
         self.slots[slot].update(replaced=self.slots[slot]["replaced"] + 1, pid=None, host=None)
         return True
