@@ -66,20 +66,26 @@ class CaseWorker:
                               "-o must be on storage every node mounts at the same path")
         return {**self.info, "backend": self.backend}
 
-    def run_case(self, case: Case, inputs: list[str]) -> CaseRecord:
-        """Read, predict and write ``case``; a segtrt error (a bad input, out of device memory) is the
-        case's failed record, as on one machine. Anything else raises, and the driver tries again."""
+    def run_case(self, case: Case, inputs: list[str]) -> tuple[CaseRecord, dict]:
+        """Read, predict and write ``case``: its record, and this process's id with the (start, end)
+        epoch seconds of each step. A segtrt error (a bad input, out of device memory) is the case's
+        failed record, as on one machine; anything else raises, and the driver tries again."""
         record = CaseRecord(case.case_id, inputs=inputs)
         self.steps.records = {case.case_id: record}
+        steps: dict[str, tuple[float, float]] = {}
         try:
+            begin = time.time()
             loaded = self.steps.read(case)
+            steps["read"] = (begin, time.time())
             predicted = self.steps.predict(case, loaded)
+            steps["predict"] = (steps["read"][1], time.time())
             del loaded
             result = self.steps.write(case, predicted)
+            steps["write"] = (steps["predict"][1], time.time())
         except SegtrtError as error:
-            return self.steps.failed(case, error)
+            return self.steps.failed(case, error), {"pid": os.getpid(), "steps": steps}
         self.cases_done += 1
-        return result
+        return result, {"pid": os.getpid(), "steps": steps}
 
     def pid(self) -> int:
         return os.getpid()

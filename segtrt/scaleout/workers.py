@@ -14,6 +14,7 @@ skips the cases recorded done and recomputes the rest.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -116,7 +117,8 @@ class RayWorkers:
         ordered = [_absolute(case) for case in largest_first(to_run)]
         dispatch = _Dispatch(self, report, ordered, manifest, listener)
         report.io = {"mode": "ray", "order": "largest input first", "workers": self.slots, "retries": [],
-                     "quarantined": [], "max_retries": self.scale.max_retries}
+                     "quarantined": [], "max_retries": self.scale.max_retries, "started_epoch": time.time(),
+                     "timeline": []}
         try:
             dispatch.run()
         except BaseException as exc:
@@ -204,7 +206,12 @@ class _Dispatch:
             cause = getattr(error, "cause", None) or error
             return self._again(index, f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")
         self.free.append(slot)
-        self.workers.slots[slot]["cases"] += 1
+        record, timing = record
+        self.workers.slots[slot].update(cases=self.workers.slots[slot]["cases"] + 1, pid=timing["pid"])
+        start = self.report.io["started_epoch"]
+        for step, (begin, end) in timing["steps"].items():  # as segtrt.batch.scheduler's timeline
+            self.report.io["timeline"].append([index, step, f"actor-{slot}", round(begin - start, 4),
+                                               round(end - start, 4)])
         return record
 
     def _again(self, index: int, reason: str) -> CaseRecord | None:

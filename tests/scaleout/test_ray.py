@@ -66,6 +66,8 @@ def test_two_cpu_actors_give_the_outputs_of_one_process(ray_cluster, folder, tmp
     assert len(workers) == 2 and all(w["cases"] >= 1 for w in workers), "both actors took cases"
     assert len({w["pid"] for w in workers}) == 2 and os.getpid() not in {w["pid"] for w in workers}
     assert body["backend"]["ray"]["actor_options"] == {"num_cpus": 1, "num_gpus": 0}
+    steps = sorted((entry[0], entry[1]) for entry in body["io"]["timeline"])
+    assert steps == sorted((i, step) for i in range(CASES) for step in ("read", "predict", "write"))
     assert not list(out.glob(".segtrt-storage-check-*")), "the shared-storage marker is removed"
     assert ray_cluster.is_initialized(), "a session the process had is reused and left running"
 

@@ -33,7 +33,7 @@ class FakeActor:
         self.log.append(case.case_id)
         if case.case_id in self.dies_on:
             return ray.exceptions.ActorDiedError()
-        return CaseRecord(case.case_id, "done", inputs=inputs)
+        return CaseRecord(case.case_id, "done", inputs=inputs), {"pid": 7, "steps": {"predict": (1.0, 2.0)}}
 
 
 def fake_ray():
@@ -66,7 +66,7 @@ def dispatch(tmp_path: Path, workers: FakeWorkers, names: list[str]) -> BatchRep
     cases = [Case(name, (tmp_path / f"{name}.nii.gz",)) for name in names]
     report = BatchReport(path=tmp_path / "report.json", settings={}, device={}, backend={},
                          model={"identity": "m", "settings_key": "k"}, cases=[CaseRecord(n) for n in names])
-    report.io = {"workers": workers.slots, "retries": [], "quarantined": []}
+    report.io = {"workers": workers.slots, "retries": [], "quarantined": [], "started_epoch": 0.0, "timeline": []}
     _Dispatch(workers, report, cases, Manifest(tmp_path), None).run()
     return report
 
@@ -87,6 +87,7 @@ def test_a_case_that_keeps_killing_its_worker_is_quarantined(tmp_path: Path) -> 
     assert [r["attempt"] for r in report.io["retries"]] == [1, 2]
     assert sum(s["replaced"] for s in workers.slots) == 3
     assert manifest_statuses(tmp_path) == [("a", "done"), ("b", "done"), ("c", "done"), ("poison", "failed")]
+    assert sorted(entry[0] for entry in report.io["timeline"]) == [0, 2, 3], "a timeline entry per case done"
 
 
 def test_no_retries_quarantines_at_the_first_loss(tmp_path: Path) -> None:
