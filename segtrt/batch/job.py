@@ -74,7 +74,8 @@ def run_batch(
     else:
         backend = workers.start(output_dir, outputs)
     report = BatchReport(
-        path=output_dir / REPORT_NAME, settings={**asdict(settings), **asdict(batch), "outputs": asdict(outputs)},
+        path=output_dir / REPORT_NAME, settings={**asdict(settings), **asdict(batch), "outputs": asdict(outputs),
+                                                "scale": asdict(scale)},
         device=device_entry, backend=backend,
         model={"path": str(folder.path), "configuration": folder.configuration_name, "folds": list(folder.folds),
                "identity": model.identity, "settings_key": key},

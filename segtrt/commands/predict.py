@@ -102,7 +102,7 @@ def _add_scale_options(p: argparse.ArgumentParser) -> None:
                         "(cpu,cpu gives two CPU workers, for testing)")
     g.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="run on Ray: without ADDRESS a local cluster is started; with host:port (or auto) a running "
-                        "cluster is joined, and inputs and -o must be absolute paths every node sees")
+                        "cluster is joined (-o absolute; inputs, -o and -m on storage every node mounts at the same path)")
     g.add_argument("--ray-workers", type=int, default=s.ray_workers, metavar="N",
                    help="Ray actors (default: one per GPU in the cluster, times --ray-actors-per-gpu)")
     g.add_argument("--ray-cpu-only", action="store_true",
