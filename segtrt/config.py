@@ -106,3 +106,48 @@ class BatchSettings:
             except re.error as error:
                 raise SegtrtError(f"--series-description {self.series_description!r} is not a regular "
                                   f"expression ({error}); expected e.g. 'abdomen|venous'") from None
+
+
+@dataclass(frozen=True)
+class ScaleSettings:
+    """Where a batch runs beyond one device (segtrt.batch.multi_device, segtrt.scaleout). None changes results.
+
+    devices: ``--devices``: one warm predictor per local device, e.g. ('cuda:0', 'cuda:1'); ('all',) for
+        every visible CUDA device; ('cpu', 'cpu') gives two CPU workers (for testing). Empty: one device.
+    ray_address: ``--ray [ADDRESS]``: run on Ray; 'local' starts a local cluster in this process,
+        'auto' or 'host:port' joins a running one. None: no Ray.
+    ray_workers: actors to start (None: one per GPU in the cluster, times ``actors_per_gpu``).
+    ray_cpu_only: actors take ``num_cpus=1`` and no GPU (then ``ray_workers`` is required).
+    actors_per_gpu: actors sharing one GPU (each asks for ``num_gpus=1/actors_per_gpu``), so one
+        actor's file IO overlaps another's network.
+    max_retries: times a case is tried again after its worker was lost or hit an unexpected error
+        before it is quarantined (failed, with every reason in the report).
+    """
+
+    devices: tuple[str, ...] = ()
+    ray_address: str | None = None
+    ray_workers: int | None = None
+    ray_cpu_only: bool = False
+    actors_per_gpu: int = 1
+    max_retries: int = 2
+
+    def __post_init__(self) -> None:
+        from segtrt.errors import SegtrtError
+
+        if self.devices and self.ray_address is not None:
+            raise SegtrtError("--devices and --ray exclude each other: Ray places its actors on the GPUs itself")
+        if self.ray_workers is not None and self.ray_workers < 1:
+            raise SegtrtError(f"--ray-workers must be at least 1, got {self.ray_workers}")
+        if self.actors_per_gpu < 1:
+            raise SegtrtError(f"--ray-actors-per-gpu must be at least 1, got {self.actors_per_gpu}")
+        if self.max_retries < 0:
+            raise SegtrtError(f"--retries must be 0 or more, got {self.max_retries}")
+        if self.ray_cpu_only and self.ray_workers is None:
+            raise SegtrtError("--ray-cpu-only needs --ray-workers N (how many CPU actors to start)")
+        if (self.ray_cpu_only or self.ray_workers is not None or self.actors_per_gpu != 1) and self.ray_address is None:
+            raise SegtrtError("--ray-workers, --ray-cpu-only and --ray-actors-per-gpu apply with --ray only")
+
+    @property
+    def spread(self) -> bool:
+        """True when the batch runs on several local devices or on Ray."""
+        return bool(self.devices) or self.ray_address is not None

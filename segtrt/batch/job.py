@@ -22,7 +22,7 @@ from segtrt.batch.manifest import Manifest, fingerprint, remove_temporary_files,
 from segtrt.batch.report import REPORT_NAME, BatchReport, CaseRecord
 from segtrt.batch.scheduler import Limits, run_in_sequence, run_scheduled
 from segtrt.batch.series import SeriesFilter
-from segtrt.config import BatchSettings, PredictSettings
+from segtrt.config import BatchSettings, PredictSettings, ScaleSettings
 from segtrt.devices import resolve_device
 from segtrt.errors import InputImageError, SegtrtError
 from segtrt.io import Case, DicomSeries, Geometry
@@ -45,7 +45,7 @@ class BatchListener(Protocol):
 def run_batch(
     model_dir: Path, inputs: Sequence[Path], output_dir: Path, settings: PredictSettings,
     batch: BatchSettings = BatchSettings(), listener: BatchListener | None = None,
-    outputs: OutputOptions = OutputOptions(),
+    outputs: OutputOptions = OutputOptions(), scale: ScaleSettings = ScaleSettings(),
 ) -> BatchReport:
     """Predict every case found in ``inputs`` into ``output_dir``; a failing case is reported, not fatal.
 
@@ -53,9 +53,14 @@ def run_batch(
     KeyboardInterrupt after the finished cases are written and recorded, with the report saying so.
     """
     started = time.perf_counter()
-    device, device_reason = resolve_device(settings.device)
-    model = load_model(model_dir, configuration=settings.configuration, folds=settings.folds,
-                       checkpoint_name=settings.checkpoint_name, trust=settings.trust_checkpoint, device=device)
+    workers = _open_workers(scale, model_dir, settings)  # --devices / --ray; None on one device
+    if workers is None:
+        device, device_reason = resolve_device(settings.device)
+        model = load_model(model_dir, configuration=settings.configuration, folds=settings.folds,
+                           checkpoint_name=settings.checkpoint_name, trust=settings.trust_checkpoint, device=device)
+        device_entry = {"device": str(device), "reason": device_reason}
+    else:
+        model, device_entry = workers.model, workers.device_entry
     model_seconds = time.perf_counter() - started
     folder = model.folder
     found = _discover(inputs, folder, batch, output_dir)
@@ -64,10 +69,14 @@ def run_batch(
     manifest = Manifest(output_dir)
     key = settings_key({**result_settings(settings, folder), "outputs": outputs_key(outputs)})
     records, to_run, resume = _plan(found.cases, manifest, model.identity, key, batch.overwrite, output_dir, outputs)
-    runners, backend = create_runners(model, settings, device)
+    if workers is None:
+        runners, backend = create_runners(model, settings, device)
+    else:
+        backend = workers.start(output_dir, outputs)
     report = BatchReport(
-        path=output_dir / REPORT_NAME, settings={**asdict(settings), **asdict(batch), "outputs": asdict(outputs)},
-        device={"device": str(device), "reason": device_reason}, backend=backend,
+        path=output_dir / REPORT_NAME, settings={**asdict(settings), **asdict(batch), "outputs": asdict(outputs),
+                                                "scale": asdict(scale)},
+        device=device_entry, backend=backend,
         model={"path": str(folder.path), "configuration": folder.configuration_name, "folds": list(folder.folds),
                "identity": model.identity, "settings_key": key},
         cases=records, discovery=_discovery_entry(found), started=started,
@@ -80,10 +89,29 @@ def run_batch(
         listener.started(len(records), len(to_run), resume["skipped"])
     writer = _CaseWriter(output_dir, outputs, model)
     try:
-        _run_cases(report, to_run, manifest, model, runners, settings, batch, device, listener, writer)
+        if workers is None:
+            _run_cases(report, to_run, manifest, model, runners, settings, batch, device, listener, writer)
+        else:
+            workers.run_cases(report, to_run, manifest, batch, listener, writer)
     finally:
+        if workers is not None:
+            workers.close()
         _write_batch_outputs(report, outputs)
     return report
+
+
+def _open_workers(scale: ScaleSettings, model_dir: Path, settings: PredictSettings):
+    """The workers of ``--devices`` (segtrt.batch.multi_device) or ``--ray`` (segtrt.scaleout; imports Ray),
+    or None for the one-device path, which imports neither."""
+    if scale.devices:
+        from segtrt.batch.multi_device import DeviceWorkers
+
+        return DeviceWorkers(scale.devices, model_dir, settings)
+    if scale.ray_address is not None:
+        from segtrt.scaleout import RayWorkers
+
+        return RayWorkers(scale, model_dir, settings)
+    return None
 
 
 def result_settings(settings: PredictSettings, folder) -> dict:

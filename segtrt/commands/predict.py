@@ -11,7 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
-from segtrt.config import BACKENDS, COMPILE_MODES, DEFAULT_MODEL_DIR, PRECISIONS, BatchSettings, PredictSettings
+from segtrt.config import (BACKENDS, COMPILE_MODES, DEFAULT_MODEL_DIR, PRECISIONS, BatchSettings, PredictSettings,
+                           ScaleSettings)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def register(subparsers) -> None:
                    help="nnU-Net v2 model folder (without it: the bundled demonstration model, with a warning)")
     _add_model_options(p)
     _add_batch_options(p)
+    _add_scale_options(p)
     from segtrt.outputs import add_output_arguments
 
     add_output_arguments(p)
@@ -92,6 +94,39 @@ def _add_batch_options(p: argparse.ArgumentParser) -> None:
                    help="use only the DICOM series with this Series Instance UID (repeatable)")
 
 
+def _add_scale_options(p: argparse.ArgumentParser) -> None:
+    s = ScaleSettings()
+    g = p.add_argument_group("several GPUs and machines (segtrt.batch.multi_device, segtrt.scaleout)")
+    g.add_argument("--devices", default=None, metavar="LIST",
+                   help="one warm predictor per local device, sharing the cases: cuda:0,cuda:1,... or all "
+                        "(cpu,cpu gives two CPU workers, for testing)")
+    g.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run on Ray: without ADDRESS a local cluster is started; with host:port (or auto) a running "
+                        "cluster is joined (-o absolute; inputs, -o and -m on storage every node mounts at the same path)")
+    g.add_argument("--ray-workers", type=int, default=s.ray_workers, metavar="N",
+                   help="Ray actors (default: one per GPU in the cluster, times --ray-actors-per-gpu)")
+    g.add_argument("--ray-cpu-only", action="store_true",
+                   help="CPU actors (num_cpus=1, no GPU) instead of GPU actors; needs --ray-workers")
+    g.add_argument("--ray-actors-per-gpu", type=int, default=s.actors_per_gpu, metavar="K",
+                   help="actors sharing each GPU (num_gpus=1/K), so one actor's file IO overlaps another's network")
+    g.add_argument("--retries", type=int, default=s.max_retries, metavar="N",
+                   help="with --ray: tries again after a lost worker or an unexpected error before a case is "
+                        "quarantined")
+
+
+def scale_from_args(args: argparse.Namespace) -> ScaleSettings:
+    from segtrt.errors import SegtrtError
+
+    devices = ()
+    if args.devices is not None:
+        devices = tuple(part.strip() for part in args.devices.split(",") if part.strip())
+        if not devices:
+            raise SegtrtError(f"--devices must list devices, e.g. cuda:0,cuda:1 or all; got {args.devices!r}")
+    return ScaleSettings(devices=devices, ray_address=args.ray, ray_workers=args.ray_workers,
+                         ray_cpu_only=args.ray_cpu_only, actors_per_gpu=args.ray_actors_per_gpu,
+                         max_retries=args.retries)
+
+
 def settings_from_args(args: argparse.Namespace) -> tuple[PredictSettings, BatchSettings]:
     settings = PredictSettings(
         device=args.device, step_size=args.step_size, mirror=not args.no_tta, batch_size=args.batch_size,
@@ -114,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     from segtrt.outputs import output_options_from_args
 
     settings, batch = settings_from_args(args)
+    scale = scale_from_args(args)
     outputs = output_options_from_args(args)
     model = args.model
     if model is None:
@@ -124,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
     quiet = bool(getattr(args, "quiet", False))
     progress = BatchProgress(bar=not args.no_progress and not quiet and sys.stderr.isatty(), quiet=quiet)
     try:
-        report = run_batch(model, args.inputs, args.output, settings, batch, listener=progress, outputs=outputs)
+        report = run_batch(model, args.inputs, args.output, settings, batch, listener=progress, outputs=outputs,
+                           scale=scale)
     finally:
         progress.close()
     print_summary(report, quiet=quiet)
