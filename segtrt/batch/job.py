@@ -87,7 +87,7 @@ def run_batch(
     manifest.announce([case.case_id for case in to_run], model.identity, key)
     if listener is not None:
         listener.started(len(records), len(to_run), resume["skipped"])
-    writer = _CaseWriter(output_dir, outputs, model)
+    writer = CaseWriter(output_dir, outputs, model)
     try:
         if workers is None:
             _run_cases(report, to_run, manifest, model, runners, settings, batch, device, listener, writer)
@@ -196,12 +196,12 @@ def _run_cases(report, to_run, manifest, model, runners, settings, batch, device
     position = {record.case_id: i for i, record in enumerate(report.cases)}
     workers = batch.io_workers or default_workers()
     limits = Limits(read_workers=workers, read_ahead=workers, write_workers=workers)
-    steps = _Steps(report.path.parent, by_id, writer)
+    steps = CaseSteps(report.path.parent, by_id, writer)
 
     def finished(index: int, record: CaseRecord) -> None:
         by_id[record.case_id] = record
         report.cases[position[record.case_id]] = record
-        manifest.append(_manifest_record(to_run[index], record, model.identity, report.model["settings_key"]))
+        manifest.append(manifest_record(to_run[index], record, model.identity, report.model["settings_key"]))
         report.write()
         if listener is not None:
             listener.case_finished(record, report)
@@ -235,10 +235,10 @@ def _run_cases(report, to_run, manifest, model, runners, settings, batch, device
     report.write()
 
 
-class _Steps:
+class CaseSteps:
     """The predictor's per-case steps as the scheduler calls them."""
 
-    def __init__(self, output_dir: Path, records: dict[str, CaseRecord], writer: "_CaseWriter") -> None:
+    def __init__(self, output_dir: Path, records: dict[str, CaseRecord], writer: "CaseWriter") -> None:
         self.output_dir, self.records, self.writer = output_dir, records, writer
         self.predictor: Predictor | None = None
 
@@ -267,7 +267,7 @@ class _Steps:
         return CaseRecord(case.case_id, "failed", error=error, inputs=self.records[case.case_id].inputs)
 
 
-class _CaseWriter:
+class CaseWriter:
     """Writes one case's files: the NIfTI label map (and probabilities) through the predictor, then what
     ``segtrt.outputs`` adds (legend, DICOM SEG, RTSTRUCT, statistics, preview). Runs on writer threads."""
 
@@ -321,7 +321,7 @@ def _write_batch_outputs(report: BatchReport, options: OutputOptions) -> None:
     report.write()
 
 
-def _manifest_record(case: Case, record: CaseRecord, identity: str, key: str) -> dict:
+def manifest_record(case: Case, record: CaseRecord, identity: str, key: str) -> dict:
     try:
         inputs = fingerprint(case)
     except OSError:

@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 
 from segtrt.backends import create_runners
-from segtrt.batch.job import _manifest_record, _Steps, default_workers
+from segtrt.batch.job import manifest_record, CaseSteps, default_workers
 from segtrt.batch.pool import run_pooled
 from segtrt.batch.scheduler import Limits
 from segtrt.config import PredictSettings
@@ -110,7 +110,7 @@ class DeviceWorkers:
         def finished(index: int, record) -> None:
             by_id[record.case_id] = record
             report.cases[position[record.case_id]] = record
-            manifest.append(_manifest_record(ordered[index], record, report.model["identity"],
+            manifest.append(manifest_record(ordered[index], record, report.model["identity"],
                                              report.model["settings_key"]))
             report.write()
             if listener is not None:
@@ -144,7 +144,7 @@ class DeviceWorkers:
             predictor.close()
 
 
-class _DeviceSteps(_Steps):
+class _DeviceSteps(CaseSteps):
     """The job's steps with one predictor per device thread (reads and writes are host-only)."""
 
     def __init__(self, output_dir: Path, records, writer, predictors: list[Predictor]) -> None:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from segtrt.backends import create_runners
-from segtrt.batch.job import _CaseWriter, _Steps
+from segtrt.batch.job import CaseWriter, CaseSteps
 from segtrt.batch.report import CaseRecord
 from segtrt.config import PredictSettings
 from segtrt.devices import resolve_device
@@ -44,7 +44,7 @@ class CaseWorker:
         self.predictor = Predictor(model.folder, runners, settings, model.mirror_axes, self.device)
         self.predictor.activate()
         self.output_dir = Path(output_dir)
-        self.steps = _Steps(self.output_dir, {}, _CaseWriter(self.output_dir, outputs, model))
+        self.steps = CaseSteps(self.output_dir, {}, CaseWriter(self.output_dir, outputs, model))
         self.steps.predictor = self.predictor
         self.identity = model.identity
         self.cases_done = 0

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from segtrt.batch.multi_device import largest_first
-from segtrt.batch.job import _manifest_record
+from segtrt.batch.job import manifest_record
 from segtrt.batch.report import CaseRecord
 from segtrt.config import PredictSettings, ScaleSettings
 from segtrt.errors import BackendUnavailableError, ModelFolderError
@@ -232,7 +232,7 @@ class _Dispatch:
     def _finished(self, index: int, record: CaseRecord) -> None:
         self.by_id[record.case_id] = record
         self.report.cases[self.position[record.case_id]] = record
-        self.manifest.append(_manifest_record(self.ordered[index], record, self.report.model["identity"],
+        self.manifest.append(manifest_record(self.ordered[index], record, self.report.model["identity"],
                                               self.report.model["settings_key"]))
         self.report.write()
         if self.listener is not None:
