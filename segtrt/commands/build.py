@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from segtrt.engine.build import BuildOptions
-from segtrt.engine.cache import CPU_BUILD_TARGET, CachedEngine, get_or_build
+if TYPE_CHECKING:
+    from segtrt.engine.cache import CachedEngine
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from segtrt.engine.build import BuildOptions
+    from segtrt.engine.cache import get_or_build
+
     options = BuildOptions(
         min_batch=args.min_batch,
         opt_batch=args.opt_batch,
@@ -52,8 +56,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def summary(engine: CachedEngine) -> str:
+def summary(engine: "CachedEngine") -> str:
     """Lines describing a freshly built engine, for the terminal."""
+    from segtrt.engine.cache import CPU_BUILD_TARGET
+
     meta = engine.metadata
     fields = meta.fields
     lines = [

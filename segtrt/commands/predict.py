@@ -7,8 +7,17 @@ import logging
 import sys
 from pathlib import Path
 
-from segtrt.config import BACKENDS, COMPILE_MODES, DEFAULT_MODEL_DIR, PRECISIONS, PredictSettings
-from segtrt.run import run_prediction
+from segtrt.config import (
+    ACCUMULATE_DTYPES,
+    BACKENDS,
+    COMPILE_MODES,
+    DEFAULT_MODEL_DIR,
+    NONFINITE_POLICIES,
+    PRECISIONS,
+    STREAM_MODES,
+    PredictSettings,
+    default_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +28,10 @@ def register(subparsers) -> None:
         help="segment images with an nnU-Net v2 model",
         description="Segment one case (one file, or one file per channel), a folder of nnU-Net style "
         "CASE_0000.nii.gz files, or DICOM series folders. Writes <case>.nii.gz label maps and a run report.",
+        epilog="examples:\n"
+        "  segtrt predict scan.nii.gz -m MODEL_FOLDER -o out/\n"
+        "  segtrt predict cases/ -m MODEL_FOLDER -o out/ --backend onnxruntime --batch-size 2\n"
+        "  segtrt predict dicom_series_folder/ -o out/ --device cpu --no-tta",
     )
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder (created)")
@@ -26,22 +39,30 @@ def register(subparsers) -> None:
                    help="nnU-Net v2 model folder (default: the bundled sample model)")
     p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: all present)")
     p.add_argument("-c", "--configuration", default=None, help="configuration, e.g. 3d_fullres (default: the checkpoint's)")
-    p.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint file name in fold_K/")
-    p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
-    p.add_argument("--backend", default="torch", choices=BACKENDS)
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
-    p.add_argument("--step-size", type=float, default=0.5, help="window step as a fraction of the patch (0, 1]")
+    p.add_argument("--checkpoint", default=default_of("checkpoint_name"),
+                   help="checkpoint file name in fold_K/ (default: %(default)s)")
+    p.add_argument("--device", default=default_of("device"),
+                   help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--backend", default=default_of("backend"), choices=BACKENDS, help="(default: %(default)s)")
+    p.add_argument("--precision", default=default_of("precision"), choices=PRECISIONS, help="(default: %(default)s)")
+    p.add_argument("--step-size", type=float, default=default_of("step_size"),
+                   help="window step as a fraction of the patch, in (0, 1] (default: %(default)s)")
     p.add_argument("--no-tta", action="store_true", help="disable test-time mirroring")
-    p.add_argument("--batch-size", type=int, default=4, help="patches (and their mirror flips) per forward pass; device memory grows with it")
-    p.add_argument("--accumulate", default="float32", choices=("float32", "float16"),
-                   help="dtype of the logit accumulator on the device")
-    p.add_argument("--stream", default="auto", choices=("auto", "on", "off"),
+    p.add_argument("--batch-size", type=int, default=default_of("batch_size"),
+                   help="patches (and their mirror flips) per forward pass, >= 1; device memory grows with it "
+                        "(default: %(default)s)")
+    p.add_argument("--accumulate", default=default_of("accumulate_dtype"), choices=ACCUMULATE_DTYPES,
+                   help="dtype of the logit accumulator on the device (default: %(default)s)")
+    p.add_argument("--stream", default=default_of("stream"), choices=STREAM_MODES,
                    help="z-streamed aggregation: only a patch-tall slab of logits stays on the device and finished "
                         "slices go to host memory as float16, for volumes x classes too large for the GPU "
-                        "(auto: on CUDA when whole-volume accumulators exceed 4 GiB)")
-    p.add_argument("--compile", default="off", choices=tuple(COMPILE_MODES),
+                        "(auto: on CUDA when whole-volume accumulators exceed 4 GiB; default: %(default)s)")
+    p.add_argument("--compile", default=default_of("compile"), choices=tuple(COMPILE_MODES),
                    help="torch backend: compile the network (kernels cached on disk; the first run compiles, "
-                        "max-autotune for minutes)")
+                        "max-autotune for minutes) (default: %(default)s)")
+    p.add_argument("--nonfinite", default=default_of("nonfinite"), choices=NONFINITE_POLICIES,
+                   help="NaN/Inf voxels in an input: error refuses the case (saying how many and where), zero "
+                        "replaces them by 0 and records it in the report (default: %(default)s)")
     p.add_argument("--cuda-graph", action="store_true", help="torch backend: replay the network from CUDA graphs")
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz probabilities")
     p.add_argument("--trust-checkpoint", action="store_true",
@@ -54,6 +75,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from segtrt.io.writers import check_output_folder
+    from segtrt.run import run_prediction
+
     settings = PredictSettings(
         device=args.device,
         step_size=args.step_size,
@@ -71,8 +95,10 @@ def run(args: argparse.Namespace) -> int:
         cuda_graph=args.cuda_graph,
         stream=args.stream,
         overlap_io=not args.no_overlap_io,
+        nonfinite=args.nonfinite,
     )
-    show_progress = not args.no_progress and sys.stderr.isatty()
+    check_output_folder(args.output)
+    show_progress = not args.no_progress and not args.quiet and sys.stderr.isatty()
     report = run_prediction(args.model, args.inputs, args.output, settings, progress_bar=show_progress)
     for case in report.cases:
         if case.ok:

@@ -136,8 +136,10 @@ def export_model_folder(
     several folds, fold K goes to ``<stem>_fold<K>.onnx`` beside it. options: ``export_onnx``'s
     keyword options (batch, dynamic_batch, dynamic_spatial, precision, opset, check...).
     """
+    from segtrt.io.writers import check_output_file
     from segtrt.nnunet import load_model
 
+    check_output_file(Path(out))
     folds = None if fold is None else [fold]
     model = load_model(model_dir, configuration=configuration, folds=folds, checkpoint_name=checkpoint_name,
                        trust=trust, device="cpu")

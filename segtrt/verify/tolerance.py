@@ -42,17 +42,22 @@ class Tolerance:
         )
 
 
-#: Limits per precision, from measurements (segtrt.onnx_fp16's MEASUREMENTS has the full table).
-#: fp32: ONNX Runtime (CPU, or CUDA with TF32 off) vs torch (CPU, or CUDA with TF32 off) differ by
-#: at most 8.8e-6 max|ref| (trained 5-stage U-Nets, |logits| up to 140; CUDA vs CUDA 7.6e-7) and
-#: 1.2e-6 on the 4-stage test nets: 1e-4 leaves 11x headroom and still fails on TF32 (3e-4 to
-#: 3e-3 max|ref|) or any graph difference.
+#: Limits per precision, from measurements (README "Tolerance policy" has the table and commands).
+#: fp32: the largest fp32 error measured is ONNX Runtime's CPU provider against torch fp32 on real scans:
+#: max|c - r| = 6.7e-3 max|ref| on the bundled DICOM series (1.6e-4 on the bundled CT), where torch fp32
+#: itself is within 4.5e-6 max|ref| of a float64 run of the same network. The error is ONNX Runtime's
+#: CPU InstanceNormalization, which loses precision when a channel's mean is large against its spread
+#: (measured alone: 1e-3 at mean/std = 1000); patches mostly made of padding are such a case. GPU runs
+#: (ONNX Runtime CUDA, TensorRT, TF32 off) stay under 8.8e-6. The limit, 2e-2 max|ref| + 1e-3 |ref|,
+#: leaves 3x headroom over the worst measurement; a backend with one wrong layer, a constant offset or
+#: a dropped mirror fails by orders of magnitude. It does not separate TF32 (3e-4 to 3e-3) from fp32.
+#: Argmax flips count only where the reference margin is >= 2e-2 max|ref| (the allowed error).
 #: fp16: the worst fp16 error measured (GPU fp16 arithmetic in torch and ONNX Runtime CUDA,
 #: trained and untrained nets, noise, smooth and CT patches) is 1.04e-2 max|ref| (nnU-Net's own
 #: autocast: 1.04e-2), worst ratio to these limits 0.55; decided-voxel margin 1e-2 max|ref| = that
 #: worst error, and every measured variant agreed on 100% of the decided voxels.
 TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(rtol=1e-4, scaled_atol=1e-4, min_argmax_agreement=0.9999, argmax_margin=0.0),
+    "fp32": Tolerance(rtol=1e-3, scaled_atol=2e-2, min_argmax_agreement=0.9999, argmax_margin=2e-2),
     "fp16": Tolerance(rtol=1e-2, scaled_atol=2.5e-2, min_argmax_agreement=0.999, argmax_margin=1e-2),
 }
 
