@@ -63,7 +63,7 @@ def test_streamed_labels_match_whole_volume_on_the_sample(sample_model, tall_ct)
 
 
 def test_unknown_stream_mode_is_refused(sample_model):
-    with pytest.raises(SegtrtError, match="stream must be one of auto, on, off"):
+    with pytest.raises(SegtrtError, match=r"stream \(--stream\) must be one of auto, on, off, got 'always'"):
         _predictor(sample_model, stream="always")
 
 

@@ -144,7 +144,13 @@ def external_data_files(onnx_path: Path) -> list[str]:
         raise BackendUnavailableError(
             "the engine cache reads the ONNX file with the onnx package; install it: pip install 'segtrt[onnx]'"
         ) from exc
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as error:  # protobuf's DecodeError, and others for truncated or foreign files
+        raise EngineError(
+            f"{onnx_path} is not a readable ONNX model ({type(error).__name__}: {error}); "
+            "expected an ONNX file written by segtrt export"
+        ) from None
     locations = set()
     for tensor in model.graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:

@@ -11,6 +11,7 @@ direction (nnU-Net only warns about origin and direction). Inputs are only read,
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
@@ -21,7 +22,7 @@ import SimpleITK as sitk
 from segtrt.errors import InputImageError
 from segtrt.io.dicom import read_dicom_series
 from segtrt.io.geometry import Geometry
-from segtrt.io.integrity import check_nifti_complete
+from segtrt.io.integrity import check_nifti_intact, expected_nifti_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +88,23 @@ def _read_file(path: Path) -> sitk.Image:
     ending = image_ending(path)
     if ending is None:
         raise InputImageError(f"cannot read {path}: unsupported file type; expected {_EXPECTED}")
-    if ending in (".nii", ".nii.gz"):
-        check_nifti_complete(path)
+    if ending == ".nii":
+        check_nifti_intact(path)
+    if ending != ".nii.gz":
+        return _sitk_read(path)
+    expected_nifti_bytes(path)  # a malformed header or an empty axis: say so before ITK does
+    # the CRC/length check decompresses the whole stream; zlib and ITK both release the GIL, so the check
+    # runs beside the read and costs no wall time where a second core is free
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segtrt-gzip-check") as pool:
+        check = pool.submit(check_nifti_intact, path)
+        try:
+            image = _sitk_read(path)
+        finally:
+            check.result()  # a damaged file is reported as damaged even when ITK failed on it too
+    return image
+
+
+def _sitk_read(path: Path) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -98,12 +114,20 @@ def _read_file(path: Path) -> sitk.Image:
 
 def _check_scalar_3d(image: sitk.Image, path: Path) -> None:
     components = image.GetNumberOfComponentsPerPixel()
+    if "complex" in image.GetPixelIDTypeAsString():
+        raise InputImageError(
+            f"{path} holds complex values ({image.GetPixelIDTypeAsString()}); expected real intensities "
+            "(save the magnitude image)"
+        )
     if image.GetDimension() != 3 or components != 1:
         size = "x".join(str(s) for s in image.GetSize())
         raise InputImageError(
             f"{path} is a {image.GetDimension()}D image of size {size} with {components} value(s) per voxel; "
             "expected a 3D image with one value per voxel (give each channel as its own file)"
         )
+    if 0 in image.GetSize():
+        size = "x".join(str(s) for s in image.GetSize())
+        raise InputImageError(f"{path} has an axis without voxels (size {size}); expected at least one voxel per axis")
 
 
 def _check_same_geometry(geometry: Geometry, reference: Geometry, path: Path, reference_path: Path) -> None:

@@ -12,7 +12,8 @@ import SimpleITK as sitk
 from segtrt.errors import InputImageError
 from segtrt.io import Case, discover_cases
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "totalseg_examples"
+#: Real CT data bundled in the repository (attribution: sample_data/SOURCE.md).
+DATA = Path(__file__).resolve().parents[2] / "sample_data"
 
 
 def touch_image(path: Path) -> Path:
@@ -24,10 +25,7 @@ def touch_image(path: Path) -> Path:
 
 @pytest.fixture
 def dicom_series() -> Path:
-    folder = DATA / "example_ct_dicom"
-    if not folder.is_dir():
-        pytest.skip(f"real DICOM series not found at {folder} (expected ../shared next to the repository)")
-    return folder
+    return DATA / "example_ct_dicom"
 
 
 def test_single_file_case_ids(tmp_path: Path) -> None:
