@@ -108,6 +108,18 @@ def test_nonfinite_candidate_values_fail():
     assert math.isfinite(result.max_abs)
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_nonfinite_reference_fails_even_against_a_wildly_wrong_candidate(bad):
+    # the case that used to pass: a NaN in the reference made every limit NaN, and NaN > limit is False
+    ref = logits()
+    ref[0, 0, 0, 0, 0] = bad
+    result = compare_logits(ref, ref + 5.0, TOLERANCES["fp32"])
+    assert result.reference_nonfinite == 1 and not result.passed
+    assert result.worst_ratio > 1.0, "the finite values must still be compared"
+    clean = compare_logits(ref, ref.clone(), TOLERANCES["fp32"])
+    assert not clean.passed, "a non-finite reference is never a pass"
+
+
 def test_shape_mismatch_is_a_user_error():
     with pytest.raises(SegtrtError, match="do not match"):
         compare_logits(logits(shape=(1, 3, 4, 4, 4)), logits(shape=(1, 4, 4, 4, 4)), TOLERANCES["fp32"])

@@ -93,9 +93,9 @@ def verify_model_folder(
 
 def verify_model(model: Any, scans: Sequence[Path], options: VerifyOptions, device: torch.device) -> VerifyReport:
     """Every fold of a loaded model (``segtrt.nnunet.LoadedModel``) on ``options.backend`` vs torch fp32."""
+    images = read_scans(model, scans) if scans else {}  # before the export: a bad scan fails fast
     with tempfile.TemporaryDirectory(prefix="segtrt-verify-") as work:
         runners = candidate_runners(model, options, device, Path(work))
-        images = read_scans(model, scans) if scans else {}
         patches = verification_patches(model, options, device, images)
         results = compare_folds(model.networks, runners, patches, options.limits, labels=model.folder.labels,
                                 label=options.label)
