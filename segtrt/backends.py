@@ -7,6 +7,8 @@ reason; nothing falls back silently. The returned ``choice`` dict goes into the 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -79,7 +81,21 @@ def _onnxruntime_runners(model, settings: PredictSettings, device: torch.device)
 def _tensorrt_runners(model, settings: PredictSettings, device: torch.device) -> list[Runner]:
     if device.type != "cuda":
         raise BackendUnavailableError("--backend tensorrt needs a CUDA device")
-    from segtrt.engine.cache import engine_for_model
     from segtrt.runners.tensorrt_runner import TensorRTRunner
 
     return [TensorRTRunner(plan, device) for plan in engine_for_model(model, settings, device)]
+
+
+def engine_for_model(model: Any, settings: Any, device: torch.device) -> list[Path]:
+    """One cached plan per fold of a loaded model, for ``--backend tensorrt`` (see segtrt.backends).
+
+    The ONNX files come from ``segtrt.onnx_cache.cached_exports``; the profile spans 1 to
+    ``settings.batch_size`` patches.
+    """
+    from segtrt.engine.build import BuildOptions
+    from segtrt.engine.cache import current_target, get_or_build
+    from segtrt.onnx_cache import cached_exports
+
+    options = BuildOptions(min_batch=1, opt_batch=settings.batch_size, max_batch=settings.batch_size)
+    target = current_target(device)
+    return [get_or_build(path, options, target=target).plan_path for path in cached_exports(model, settings)]

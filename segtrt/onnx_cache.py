@@ -17,7 +17,7 @@ import torch
 
 from segtrt import __version__
 from segtrt.config import PredictSettings, cache_dir
-from segtrt.engine.cache import file_lock
+from segtrt.io.locking import file_lock
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,9 @@ class VerifyOptions:
 
     provider: ONNX Runtime provider (None: cpu on the CPU, cuda on a GPU). onnx: existing ONNX files, one
     per fold, instead of a fresh export. patches: patch batches (per scan when scans are given) of
-    ``batch`` patches each. tta: mirroring in the whole-case comparison. tolerance: None = the default
-    for ``precision`` (segtrt.verify.tolerance.TOLERANCES).
+    ``batch`` patches each. tta: mirroring in the whole-case comparison. tolerance: None = the defaults
+    for ``precision`` (segtrt.verify.tolerance: TOLERANCES on synthetic patches, SCAN_TOLERANCES on scan
+    patches); a Tolerance given here is used for both.
     """
 
     backend: str = "onnxruntime"
@@ -60,9 +61,9 @@ class VerifyOptions:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SettingsError(f"{name} (--{name}) must be a whole number >= 1, got {value!r}")
 
-    @property
-    def limits(self) -> Tolerance:
-        return self.tolerance or tolerance_for(self.precision)
+    def limits(self, patches: str) -> Tolerance:
+        """The tolerance for 'synthetic' or 'scan' patches."""
+        return self.tolerance or tolerance_for(self.precision, patches)
 
     @property
     def label(self) -> str:
@@ -92,13 +93,21 @@ def verify_model_folder(
 
 
 def verify_model(model: Any, scans: Sequence[Path], options: VerifyOptions, device: torch.device) -> VerifyReport:
-    """Every fold of a loaded model (``segtrt.nnunet.LoadedModel``) on ``options.backend`` vs torch fp32."""
+    """Every fold of a loaded model (``segtrt.nnunet.LoadedModel``) on ``options.backend`` vs torch fp32.
+
+    Always on synthetic patches (tight limits); with scans also on patches cut from them (limits measured
+    on real scans) and on the whole cases' label maps.
+    """
     images = read_scans(model, scans) if scans else {}  # before the export: a bad scan fails fast
     with tempfile.TemporaryDirectory(prefix="segtrt-verify-") as work:
         runners = candidate_runners(model, options, device, Path(work))
-        patches = verification_patches(model, options, device, images)
-        results = compare_folds(model.networks, runners, patches, options.limits, labels=model.folder.labels,
-                                label=options.label)
+        results = compare_folds(model.networks, runners, verification_patches(model, options, device, {}),
+                                options.limits("synthetic"), labels=model.folder.labels,
+                                label=f"{options.label}, synthetic patches")
+        if images:
+            results += compare_folds(model.networks, runners, verification_patches(model, options, device, images),
+                                     options.limits("scan"), labels=model.folder.labels,
+                                     label=f"{options.label}, scan patches")
         cases = compare_cases(model, runners, options, device, images) if images else None
     return VerifyReport(options.backend, options.precision, str(device), tuple(model.folder.folds),
                         tuple(results), cases)
@@ -186,5 +195,5 @@ def compare_cases(model: Any, runners: list, options: VerifyOptions, device: tor
             return candidate.predict_image(*images[path]).labels
 
         return compare_case_labels(reference_labels, candidate_labels, list(images),
-                                   min_agreement=options.limits.min_argmax_agreement,
+                                   min_agreement=options.limits("scan").min_argmax_agreement,
                                    labels=model.folder.labels, label=options.label)

@@ -42,29 +42,44 @@ class Tolerance:
         )
 
 
-#: Limits per precision, from measurements (README "Tolerance policy" has the table and commands).
-#: fp32: the largest fp32 error measured is ONNX Runtime's CPU provider against torch fp32 on real scans:
-#: max|c - r| = 6.7e-3 max|ref| on the bundled DICOM series (1.6e-4 on the bundled CT), where torch fp32
-#: itself is within 4.5e-6 max|ref| of a float64 run of the same network. The error is ONNX Runtime's
-#: CPU InstanceNormalization, which loses precision when a channel's mean is large against its spread
-#: (measured alone: 1e-3 at mean/std = 1000); patches mostly made of padding are such a case. GPU runs
-#: (ONNX Runtime CUDA, TensorRT, TF32 off) stay under 8.8e-6. The limit, 2e-2 max|ref| + 1e-3 |ref|,
-#: leaves 3x headroom over the worst measurement; a backend with one wrong layer, a constant offset or
-#: a dropped mirror fails by orders of magnitude. It does not separate TF32 (3e-4 to 3e-3) from fp32.
-#: Argmax flips count only where the reference margin is >= 2e-2 max|ref| (the allowed error).
+#: Limits per precision on synthetic patches (noise and smooth fields, ``random_patches``): what the
+#: export check and every ``segtrt verify`` run use. README "Tolerance policy" has the table.
+#: fp32: ONNX Runtime (CPU, or CUDA with TF32 off) vs torch (CPU, or CUDA with TF32 off) differ by
+#: at most 1.2e-5 max|ref| on the bundled model and 8.8e-6 on trained 5-stage U-Nets (|logits| up to
+#: 140; CUDA vs CUDA 7.6e-7): 1e-4 leaves 8x headroom and still fails on TF32 (3e-4 to 3e-3 max|ref|),
+#: on a graph whose logits are 1% off, or any graph difference.
 #: fp16: the worst fp16 error measured (GPU fp16 arithmetic in torch and ONNX Runtime CUDA,
 #: trained and untrained nets, noise, smooth and CT patches) is 1.04e-2 max|ref| (nnU-Net's own
 #: autocast: 1.04e-2), worst ratio to these limits 0.55; decided-voxel margin 1e-2 max|ref| = that
 #: worst error, and every measured variant agreed on 100% of the decided voxels.
 TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(rtol=1e-3, scaled_atol=2e-2, min_argmax_agreement=0.9999, argmax_margin=2e-2),
+    "fp32": Tolerance(rtol=1e-4, scaled_atol=1e-4, min_argmax_agreement=0.9999, argmax_margin=0.0),
     "fp16": Tolerance(rtol=1e-2, scaled_atol=2.5e-2, min_argmax_agreement=0.999, argmax_margin=1e-2),
 }
 
+#: Limits per precision on patches cut from real scans (``scan_patches``), used besides the synthetic
+#: ones when ``segtrt verify`` is given scans.
+#: fp32: the largest fp32 error measured is ONNX Runtime's CPU provider against torch fp32: 6.7e-3
+#: max|ref| on the bundled DICOM series (20 slices, so its patches are 60% zero padding), 1.6e-4 on the
+#: bundled CT, where torch fp32 itself stays within 4.5e-6 of a float64 run. The cause is ONNX Runtime's
+#: float32 reductions in the instance norms over channels that are nearly constant across a padded
+#: patch: computing only the means in float64 cuts the error to 1.2e-3-2.0e-3. The limit, 2e-2 max|ref|
+#: + 1e-3 |ref|, leaves 3x headroom; argmax flips count only where the reference margin is >= 2e-2
+#: max|ref|. The synthetic comparison, which always runs, keeps the tight fp32 limit above.
+#: fp16: the same limits as on synthetic patches (they were measured on CT patches too).
+SCAN_TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(rtol=1e-3, scaled_atol=2e-2, min_argmax_agreement=0.9999, argmax_margin=2e-2),
+    "fp16": TOLERANCES["fp16"],
+}
 
-def tolerance_for(precision: str) -> Tolerance:
-    """The default ``Tolerance`` for ``precision`` ('fp32' or 'fp16')."""
+
+def tolerance_for(precision: str, patches: str = "synthetic") -> Tolerance:
+    """The default ``Tolerance`` for ``precision`` ('fp32' or 'fp16') on ``patches`` ('synthetic' or
+    'scan')."""
+    table = {"synthetic": TOLERANCES, "scan": SCAN_TOLERANCES}.get(patches)
+    if table is None:
+        raise SegtrtError(f"patches must be 'synthetic' or 'scan', got {patches!r}")
     try:
-        return TOLERANCES[precision]
+        return table[precision]
     except KeyError:
-        raise SegtrtError(f"precision must be one of {', '.join(TOLERANCES)}, got {precision!r}") from None
+        raise SegtrtError(f"precision must be one of {', '.join(table)}, got {precision!r}") from None
