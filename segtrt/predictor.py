@@ -6,6 +6,7 @@ channels first in array order (C, Z, Y, X) with spacing (z, y, x) in mm, as read
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -83,6 +84,7 @@ class Predictor:
         self.device = device
         self.plan = PreprocessPlan.from_nnunet(folder.plans, folder.configuration)
         self.uploader = Uploader(device)
+        self._active = contextlib.ExitStack()
         self.options = SlidingWindowOptions(
             patch_size=tuple(int(p) for p in folder.patch_size),
             num_classes=folder.num_segmentation_heads,
@@ -97,14 +99,20 @@ class Predictor:
         )
 
     def __enter__(self) -> "Predictor":
-        for runner in self.runners:
-            runner.activate()
+        """Activate every runner; if one fails, the ones already active are deactivated (in reverse)."""
+        with contextlib.ExitStack() as stack:
+            for runner in self.runners:
+                stack.enter_context(runner)
+            self._active = stack.pop_all()
         return self
 
     def __exit__(self, *exc) -> None:
-        for runner in self.runners:
-            runner.deactivate()
-        self.uploader.release()
+        """Deactivate the runners in reverse order of activation (each restores what it changed, e.g.
+        cudnn.benchmark, so the process-wide state ends as it was before the first), free the uploader."""
+        try:
+            self._active.close()
+        finally:
+            self.uploader.release()
 
     def predict_image(
         self, image: np.ndarray, spacing: Sequence[float], progress: Callable[[int, int], None] | None = None
