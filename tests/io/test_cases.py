@@ -64,7 +64,7 @@ def test_wrong_channel_count_message(tmp_path: Path) -> None:
 
 
 def test_folder_matches_nnunet_listing(tmp_path: Path) -> None:
-    utils = pytest.importorskip("nnunetv2.utilities.utils")
+    from nnunetv2.utilities import utils
     for case in ["b_12", "a", "c_case_3"]:  # created unsorted; ids may contain underscores and digits
         for channel in range(2):
             touch_image(tmp_path / f"{case}_{channel:04d}.nii.gz")

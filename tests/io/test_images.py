@@ -40,7 +40,7 @@ def make_image(path: Path, array: np.ndarray, origin=_ORIGIN, direction=_DIRECTI
 
 
 def nnunet_read(paths: list[Path]) -> tuple[np.ndarray, dict]:
-    simpleitk_io = pytest.importorskip("nnunetv2.imageio.simpleitk_reader_writer")
+    from nnunetv2.imageio import simpleitk_reader_writer as simpleitk_io
     return simpleitk_io.SimpleITKIO().read_images([str(p) for p in paths])
 
 

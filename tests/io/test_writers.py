@@ -73,7 +73,7 @@ def test_nifti_affine_equals_input_affine(tmp_path: Path) -> None:
 
 
 def test_same_file_content_as_nnunet_write_seg(tmp_path: Path) -> None:
-    simpleitk_io = pytest.importorskip("nnunetv2.imageio.simpleitk_reader_writer")
+    from nnunetv2.imageio import simpleitk_reader_writer as simpleitk_io
     source = make_input(tmp_path / "case_0000.nii.gz")
     _, geometry = read_image([source])
     _, properties = simpleitk_io.SimpleITKIO().read_images([str(source)])
