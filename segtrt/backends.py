@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from segtrt.config import BACKENDS, COMPILE_MODES, PredictSettings
+from segtrt.config import BACKENDS, COMPILE_MODES, PredictSettings, default_of
 from segtrt.errors import BackendUnavailableError
 from segtrt.runners.base import Runner
 from segtrt.runners.torch_runner import TorchRunner
@@ -24,7 +24,9 @@ def create_runners(model, settings: PredictSettings, device: torch.device) -> tu
     """Runners for every fold of ``model`` (a ``segtrt.nnunet.LoadedModel``) and the reasons for them."""
     if settings.backend not in BACKENDS:
         raise BackendUnavailableError(f"--backend must be one of {', '.join(BACKENDS)}, got {settings.backend!r}")
-    backend, reason = settings.backend, f"requested {settings.backend}"
+    default = settings.backend == default_of("backend")
+    backend = settings.backend
+    reason = f"{backend} (the default backend)" if default else f"requested --backend {backend}"
     if backend == "auto":
         backend, reason = choose_backend(device)
         log.info("backend auto -> %s (%s)", backend, reason)
@@ -47,7 +49,7 @@ def choose_backend(device: torch.device) -> tuple[str, str]:
     """``--backend auto``: TensorRT, then ONNX Runtime CUDA, then torch CUDA; the CPU must be explicit."""
     if device.type != "cuda":
         if device.type == "cpu":
-            return "torch", "auto on the CPU (requested --device cpu): torch"
+            return "torch", "auto on the CPU: torch (TensorRT and ONNX Runtime CUDA need a GPU)"
         raise BackendUnavailableError("--backend auto needs a CUDA device; pass --device cpu to run on the CPU")
     problems = []
     try:
@@ -80,7 +82,7 @@ def _onnxruntime_runners(model, settings: PredictSettings, device: torch.device)
 
 def _tensorrt_runners(model, settings: PredictSettings, device: torch.device) -> list[Runner]:
     if device.type != "cuda":
-        raise BackendUnavailableError("--backend tensorrt needs a CUDA device")
+        raise BackendUnavailableError(f"--backend tensorrt needs a CUDA device; this run is on {device}")
     from segtrt.runners.tensorrt_runner import TensorRTRunner
 
     return [TensorRTRunner(plan, device) for plan in engine_for_model(model, settings, device)]

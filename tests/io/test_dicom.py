@@ -124,3 +124,10 @@ def test_missing_slice_is_refused(tmp_path: Path) -> None:
     folder = write_series(tmp_path / "gap", "1.2.826.0.1.1", positions=(0, 1, 3, 4))
     with pytest.raises(InputImageError, match="missing slices or uneven slice spacing"):
         read_dicom_series(folder)
+
+
+def test_duplicate_slices_are_called_duplicates(tmp_path: Path) -> None:
+    folder = write_series(tmp_path / "dup", "1.2.826.0.1.2")
+    (folder / "copy_of_slice.dcm").write_bytes((folder / "1.2.826.0.1.2_slice98.dcm").read_bytes())
+    with pytest.raises(InputImageError, match=r"has 1 duplicate slice position\(s\)"):
+        read_dicom_series(folder)
