@@ -55,7 +55,7 @@ def imports_of(path: Path, modules: set[str]) -> list[tuple[str, int, list[str]]
     this = module_name(path)
     package = this if path.name == "__init__.py" else this.rpartition(".")[0]
     found = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found += [(alias.name, node.lineno, []) for alias in node.names if alias.name.split(".")[0] == "segtrt"]
         elif isinstance(node, ast.ImportFrom):
