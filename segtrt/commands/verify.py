@@ -51,11 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from segtrt.config import PredictSettings
     from segtrt.io.writers import atomic_write_bytes, check_output_file
     from segtrt.verify.model import VerifyOptions, verify_model_folder
 
-    PredictSettings(device=args.device)  # the same one-line error for a malformed --device as predict
     options = VerifyOptions(backend=args.backend, precision=args.precision, provider=args.provider,
                             onnx=tuple(args.onnx) if args.onnx else None, patches=args.patches, batch=args.batch,
                             tta=args.tta, seed=args.seed)
