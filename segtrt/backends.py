@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from segtrt.config import BACKENDS, COMPILE_MODES, PredictSettings, default_of
+from segtrt.config import AHEAD_OF_TIME, BACKENDS, CHANNELS_LAST, COMPILE_MODES, PredictSettings, default_of
 from segtrt.errors import BackendUnavailableError
 from segtrt.runners.base import Runner
 from segtrt.runners.torch_runner import TorchRunner
@@ -30,19 +30,29 @@ def create_runners(model, settings: PredictSettings, device: torch.device) -> tu
     if backend == "auto":
         backend, reason = choose_backend(device)
         log.info("backend auto -> %s (%s)", backend, reason)
-    if backend != "torch" and (settings.compile != "off" or settings.cuda_graph):
-        raise BackendUnavailableError(f"--compile and --cuda-graph apply to the torch backend, not {backend}")
+    if backend != "torch" and (settings.compile != "off" or settings.cuda_graph or settings.channels_last != "auto"):
+        raise BackendUnavailableError(
+            f"--compile, --cuda-graph and --channels-last apply to the torch backend, not {backend}")
     if backend == "torch":
-        if settings.compile not in COMPILE_MODES:
-            raise BackendUnavailableError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {settings.compile!r}")
-        runners = [TorchRunner(net, device, settings.precision, compile_mode=COMPILE_MODES[settings.compile],
-                               cuda_graph=settings.cuda_graph, batch_size=settings.batch_size)
-                   for net in model.networks]
+        runners = [torch_runner(net, settings, device) for net in model.networks]
     elif backend == "onnxruntime":
         runners = _onnxruntime_runners(model, settings, device)
     else:
         runners = _tensorrt_runners(model, settings, device)
     return runners, {"backend": backend, "reason": reason, "runner": runners[0].describe()}
+
+
+def torch_runner(network: torch.nn.Module, settings: PredictSettings, device: torch.device) -> TorchRunner:
+    """The torch runner for one fold's network as ``settings`` (compile, CUDA graph, layout) ask."""
+    if settings.compile not in COMPILE_MODES:
+        raise BackendUnavailableError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {settings.compile!r}")
+    if settings.channels_last not in CHANNELS_LAST:
+        raise BackendUnavailableError(
+            f"--channels-last must be one of {', '.join(CHANNELS_LAST)}, got {settings.channels_last!r}")
+    return TorchRunner(network, device, settings.precision, compile_mode=COMPILE_MODES[settings.compile],
+                       cuda_graph=settings.cuda_graph, batch_size=settings.batch_size,
+                       channels_last=CHANNELS_LAST[settings.channels_last],
+                       ahead_of_time=settings.compile in AHEAD_OF_TIME)
 
 
 def choose_backend(device: torch.device) -> tuple[str, str]:

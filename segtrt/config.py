@@ -18,8 +18,13 @@ PRECISIONS = ("fp32", "fp16")
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "auto")
 #: Backends ``segtrt verify`` compares with the torch float32 reference.
 VERIFY_BACKENDS = ("onnxruntime", "tensorrt", "torch")
-#: --compile values -> torch.compile modes (None = eager).
-COMPILE_MODES = {"off": None, "default": "default", "max-autotune": "max-autotune-no-cudagraphs"}
+#: --compile values -> torch.compile / inductor modes (None = eager).
+COMPILE_MODES = {"off": None, "default": "default", "max-autotune": "max-autotune-no-cudagraphs",
+                 "aot": "default", "aot-max-autotune": "max-autotune-no-cudagraphs"}
+#: --compile values that load (or compile once) an AOTInductor package from segtrt's cache.
+AHEAD_OF_TIME = ("aot", "aot-max-autotune")
+#: --channels-last values -> TorchRunner(channels_last=...) (None = on when compiling on CUDA).
+CHANNELS_LAST = {"auto": None, "on": True, "off": False}
 ACCUMULATE_DTYPES = ("float32", "float16")
 STREAM_MODES = ("auto", "on", "off")
 #: What to do with NaN / +-Inf voxels in an input image: refuse the case, or replace them by 0.
@@ -27,8 +32,9 @@ NONFINITE_POLICIES = ("error", "zero")
 #: Accepted ``device`` strings: auto, cpu, cuda, cuda:N.
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
-#: Folder of the embedded default model (``sample_data/model`` in a source checkout).
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "sample_data" / "model"
+#: Folder of the bundled demonstration model, shipped inside the package (``sample_data/model`` in a
+#: source checkout links to it). Used without ``-m`` only, with a warning that names it.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "sample_model"
 
 
 def cache_dir() -> Path:
@@ -56,8 +62,10 @@ class PredictSettings:
         the device and the finished logits on the host as float16 (segtrt.streaming); ``auto`` streams
         on CUDA when whole-volume accumulators would exceed 4 GiB.
     overlap_io: in a batch, read the next case and write the previous one in two background threads
-        while the current case is on the device (segtrt.pipeline; at most one case read ahead, one
-        write in flight); ``False`` does read -> predict -> write strictly in sequence.
+        while the current case is on the device (segtrt.batch.scheduler; reads ahead and writes in flight bounded by
+        the worker counts); ``False`` does read -> predict -> write strictly in sequence.
+    channels_last: torch backend only: ``auto`` (weights and batches in channels_last_3d when compiling on
+        CUDA, where it removes cuDNN's layout transposes), ``on`` or ``off``.
     nonfinite: NaN / Inf voxels in an input: ``error`` (default) refuses the case naming how many and
         where; ``zero`` replaces them by 0 before preprocessing (logged, and recorded in the run report).
 
@@ -81,6 +89,7 @@ class PredictSettings:
     cuda_graph: bool = False
     stream: str = "auto"
     overlap_io: bool = True
+    channels_last: str = "auto"
     nonfinite: str = "error"
 
     def __post_init__(self) -> None:
@@ -93,6 +102,7 @@ class PredictSettings:
         _check_choice("compile", self.compile, "--compile", tuple(COMPILE_MODES))
         _check_choice("stream", self.stream, "--stream", STREAM_MODES)
         _check_choice("nonfinite", self.nonfinite, "--nonfinite", NONFINITE_POLICIES)
+        _check_choice("channels_last", self.channels_last, "--channels-last", tuple(CHANNELS_LAST))
         for name, option in (("mirror", "--no-tta"), ("save_probabilities", "--save-probabilities"),
                              ("trust_checkpoint", "--trust-checkpoint"), ("cuda_graph", "--cuda-graph"),
                              ("overlap_io", "--no-overlap-io")):
@@ -105,6 +115,42 @@ class PredictSettings:
             )
         if self.configuration is not None and (not isinstance(self.configuration, str) or not self.configuration):
             raise SettingsError(f"configuration (-c) must be a configuration name, got {self.configuration!r}")
+
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """How a batch finds its cases and schedules file IO (segtrt.batch). None of these change results.
+
+    recursive: walk nested folders (PACS exports, patient/study/series trees); otherwise a folder's own
+        files and its direct DICOM sub-folders are used.
+    overwrite: recompute every case even when the manifest says it is done (default: resume).
+    io_workers: reader and writer threads each (None: a quarter of the cores, 1 to 4).
+    modality / series_description / min_slices / series_uids: DICOM series selection
+        (segtrt.batch.series): the modality to use (None: the one the model's channel names; 'any'),
+        a regular expression the Series Description must contain, the fewest slices, and the Series
+        Instance UIDs to use (empty: all usable).
+    """
+
+    recursive: bool = False
+    overwrite: bool = False
+    io_workers: int | None = None
+    modality: str | None = None
+    series_description: str | None = None
+    min_slices: int = 10
+    series_uids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.io_workers is not None and self.io_workers < 1:
+            raise SettingsError(f"--io-workers must be at least 1, got {self.io_workers}")
+        if self.min_slices < 1:
+            raise SettingsError(f"--min-slices must be at least 1, got {self.min_slices}")
+        if self.series_description is not None:
+            try:
+                re.compile(self.series_description)
+            except re.error as error:
+                raise SettingsError(f"--series-description {self.series_description!r} is not a regular "
+                                  f"expression ({error}); expected e.g. 'abdomen|venous'") from None
 
 
 def default_of(name: str):

@@ -50,3 +50,11 @@ class EngineError(SegtrtError):
 
 class DeviceMemoryError(SegtrtError):
     """The case does not fit in the device's memory with the chosen settings."""
+
+
+class OutputError(SegtrtError):
+    """An output format cannot be written as requested (DICOM output without a DICOM input, a bad label codes file)."""
+
+
+class CompiledCacheError(SegtrtError):
+    """An ahead-of-time compiled network in segtrt's cache is damaged or cannot be made as requested."""

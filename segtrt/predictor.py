@@ -85,6 +85,7 @@ class Predictor:
         self.plan = PreprocessPlan.from_nnunet(folder.plans, folder.configuration)
         self.uploader = Uploader(device)
         self._active = contextlib.ExitStack()
+        self._startup: dict[str, float] = {}
         self.options = SlidingWindowOptions(
             patch_size=tuple(int(p) for p in folder.patch_size),
             num_classes=folder.num_segmentation_heads,
@@ -99,20 +100,35 @@ class Predictor:
         )
 
     def __enter__(self) -> "Predictor":
-        """Activate every runner; if one fails, the ones already active are deactivated (in reverse)."""
-        with contextlib.ExitStack() as stack:
-            for runner in self.runners:
-                stack.enter_context(runner)
-            self._active = stack.pop_all()
-        return self
+        return self.activate()
 
     def __exit__(self, *exc) -> None:
+        self.close()
+
+    def activate(self) -> "Predictor":
+        """Activate every runner (network to the device, engine load); safe to call twice. If one fails,
+        the ones activated before it are deactivated again (in reverse order) before the error propagates."""
+        start = time.perf_counter()
+        with contextlib.ExitStack() as stack:
+            for runner in self.runners:
+                runner.activate()
+                stack.callback(runner.deactivate)
+            self._active = stack.pop_all()
+        self._startup["activate_seconds"] = round(time.perf_counter() - start, 3)
+        return self
+
+    def close(self) -> None:
         """Deactivate the runners in reverse order of activation (each restores what it changed, e.g.
-        cudnn.benchmark, so the process-wide state ends as it was before the first), free the uploader."""
+        cudnn.benchmark, so the process-wide state ends as it was before the first), free the upload buffer."""
         try:
             self._active.close()
         finally:
             self.uploader.release()
+
+    def startup_seconds(self) -> dict[str, float]:
+        """Seconds of runner activation, paid once per process (a compiled network compiles, or loads its
+        cached kernels, in its first call: see the first case's network seconds)."""
+        return dict(self._startup)
 
     def predict_image(
         self, image: np.ndarray, spacing: Sequence[float], progress: Callable[[int, int], None] | None = None
@@ -177,7 +193,7 @@ class Predictor:
         choice = choose_streaming(self.settings.stream, self.options.num_classes,
                                   padded_shape(data.shape[1:], self.options.patch_size),
                                   self.options.accumulate_dtype, self.device)
-        log.info("aggregation: %s", choice.reason)
+        log.debug("aggregation: %s", choice.reason)
         aggregate = streamed_window_logits if choice.streamed else sliding_window_logits
         return aggregate(data, self.runners, self.options, progress), choice
 

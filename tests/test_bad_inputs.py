@@ -20,9 +20,8 @@ import pytest
 import SimpleITK as sitk
 
 from segtrt.cli import main
-from segtrt.config import DEFAULT_MODEL_DIR
 
-SAMPLE_CT = DEFAULT_MODEL_DIR.parent / "example_ct.nii.gz"
+SAMPLE_CT = Path(__file__).resolve().parents[1] / "sample_data" / "example_ct.nii.gz"
 FAST = ["--device", "cpu", "--no-tta", "--no-progress"]
 
 
@@ -111,12 +110,12 @@ def test_bad_image_fails_its_case_with_one_line(make, message, tmp_path, capsys)
     assert main(["predict", str(source), "-o", str(out), *FAST]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    failed = [line for line in err.splitlines() if "FAILED" in line]
+    failed = [line for line in err.splitlines() if ": FAILED: " in line]
     assert len(failed) == 1, err
     assert re.search(message, failed[0]), failed[0]
     assert not any(p.name.endswith(".nii.gz") for p in out.iterdir()), "nothing may be written for a bad case"
     report = json.loads((out / "segtrt_report.json").read_text())
-    assert report["failed"] == 1
+    assert [c["status"] for c in report["cases"]] == ["failed"] and re.search(message, report["cases"][0]["error"])
     assert source.read_bytes() == before, "inputs are never modified"
 
 
@@ -126,7 +125,7 @@ def test_nonfinite_zero_replaces_and_records_them(tmp_path, capsys):
     assert main(["predict", str(source), "-o", str(out), *FAST, "--nonfinite", "zero"]) == 0
     report = json.loads((out / "segtrt_report.json").read_text())
     assert report["settings"]["nonfinite"] == "zero"
-    assert report["cases"][0]["replaced_nonfinite"] == 1
+    assert report["cases"][0]["warnings"] == ["1 NaN/Inf input voxel(s) set to 0 (--nonfinite zero)"]
     assert (out / "inf.nii.gz").is_file()
 
 

@@ -279,3 +279,16 @@ def test_export_cli_end_to_end_as_a_subprocess(trained_folder, tmp_path):
     assert out.is_file() and read_metadata(out)["precision"] == "fp32"
     missing = subprocess.run([*command[:-1], "-f", "7"], capture_output=True, text=True, timeout=600)
     assert missing.returncode == 2 and missing.stderr.startswith("segtrt: error:")
+
+
+def test_a_channels_last_runner_leaves_the_exported_graph_unchanged(tmp_path):
+    # the torch runner converts the shared network to channels_last_3d while active and back afterwards
+    from segtrt.runners.torch_runner import TorchRunner
+
+    net = Toy()
+    before = export_onnx(net, tmp_path / "before.onnx", patch_size=(8, 8, 8), in_channels=1, batch=2)
+    with TorchRunner(net, "cpu", channels_last=True) as runner:
+        runner.infer(torch.randn(2, 1, 8, 8, 8))
+    after = export_onnx(net, tmp_path / "after.onnx", patch_size=(8, 8, 8), in_channels=1, batch=2)
+    graphs = [onnx.load(str(r.path)).graph.SerializeToString() for r in (before, after)]
+    assert graphs[0] == graphs[1]

@@ -16,12 +16,12 @@ from segtrt.errors import BackendUnavailableError, DeviceMemoryError, NonFiniteE
 from segtrt.nnunet import load_model
 from segtrt.io import Case
 from segtrt.predictor import CaseResult, Prediction, Predictor
-from segtrt.run import RunReport
+from segtrt.batch.report import BatchReport, CaseRecord
 from segtrt.runners.base import Runner
 from segtrt.runners.torch_runner import TorchRunner
 from segtrt.streaming import StreamChoice
 
-SAMPLE_CT = DEFAULT_MODEL_DIR.parent / "example_ct.nii.gz"
+SAMPLE_CT = Path(__file__).resolve().parents[1] / "sample_data" / "example_ct.nii.gz"
 CPU = torch.device("cpu")
 
 
@@ -79,8 +79,8 @@ def test_cli_stream_flag():
 
 def test_report_shows_the_aggregation(tmp_path: Path):
     choice = StreamChoice(True, 20 << 30, "z-streamed, float16 logits on the host (stream=auto: ...)")
-    report = RunReport(path=tmp_path / "r.json", settings={}, device={}, backend={}, model={},
-                       cases=[CaseResult("ct", aggregation=choice)])
+    report = BatchReport(path=tmp_path / "r.json", settings={}, device={}, backend={}, model={},
+                         cases=[CaseRecord("ct", "done", aggregation=choice)])
     case = json.loads(report.to_json())["cases"][0]
     assert case["aggregation"] == {"streamed": True, "accumulator_bytes": 20 << 30, "reason": choice.reason}
 

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from segtrt.cli import main
 from segtrt.config import DEFAULT_MODEL_DIR
 
-SAMPLE_CT = DEFAULT_MODEL_DIR.parent / "example_ct.nii.gz"
+SAMPLE_CT = Path(__file__).resolve().parents[1] / "sample_data" / "example_ct.nii.gz"
 COMMON = ["--device", "cpu", "--no-progress"]
 
 

@@ -1,7 +1,8 @@
-"""``segtrt build``: build a TensorRT / TensorRT-RTX engine from an ONNX file.
+"""``segtrt build``: build a TensorRT / TensorRT-RTX engine from an ONNX file, or compile a model folder.
 
-Writes the plan and, beside it, ``<engine>.json`` (what it was built from and for), atomically. An
-existing engine at the output path is replaced.
+For an ONNX file: writes the plan and, beside it, ``<engine>.json`` (what it was built from and for),
+atomically. An existing engine at the output path is replaced. For an nnU-Net model folder: compiles
+its torch networks into segtrt's cache (segtrt.commands.build_compiled).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from segtrt.commands import build_compiled
+
 if TYPE_CHECKING:
     from segtrt.engine.cache import CachedEngine
 
@@ -17,10 +20,12 @@ if TYPE_CHECKING:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "build",
-        help="build a TensorRT engine from an ONNX file",
-        description="Build a TensorRT (or TensorRT-RTX) engine from an ONNX file exported by segtrt.",
+        help="build a TensorRT engine from an ONNX file, or compile a model folder's torch networks",
+        description="Build a TensorRT (or TensorRT-RTX) engine from an ONNX file exported by segtrt, or compile "
+                    "the torch networks of an nnU-Net model folder ahead of time (segtrt predict --compile).",
     )
-    parser.add_argument("onnx", type=Path, help="the ONNX file (from segtrt export)")
+    parser.add_argument("onnx", type=Path, metavar="SOURCE",
+                        help="the ONNX file (from segtrt export), or an nnU-Net model folder")
     parser.add_argument("-o", "--output", type=Path, help="engine file to write (default: ONNX path with .engine)")
     parser.add_argument("--min-batch", type=int, help="smallest batch of a dynamic-batch graph (default 1)")
     parser.add_argument("--opt-batch", type=int, help="batch the engine is tuned for (default: max, or 4)")
@@ -34,10 +39,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="which TensorRT builds the engine (auto: full TensorRT when installed, else TensorRT-RTX)",
     )
+    build_compiled.add_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if Path(args.onnx).is_dir():
+        return build_compiled.run_model_folder(args)
     from segtrt.engine.build import BuildOptions
     from segtrt.engine.cache import get_or_build
 

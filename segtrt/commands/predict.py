@@ -1,4 +1,8 @@
-"""``segtrt predict``: segment NIfTI/DICOM inputs with an nnU-Net v2 model folder."""
+"""``segtrt predict``: segment files, folders, nested trees and DICOM exports with an nnU-Net v2 model.
+
+Exit codes: 0 every case done (or done before and resumed), 1 some case failed (the others are
+written and the report lists the reasons), 2 a usage error (one line, nothing predicted).
+"""
 
 from __future__ import annotations
 
@@ -10,110 +14,139 @@ from pathlib import Path
 from segtrt.config import (
     ACCUMULATE_DTYPES,
     BACKENDS,
+    CHANNELS_LAST,
     COMPILE_MODES,
     DEFAULT_MODEL_DIR,
     NONFINITE_POLICIES,
     PRECISIONS,
     STREAM_MODES,
+    BatchSettings,
     PredictSettings,
-    default_of,
 )
 
 log = logging.getLogger(__name__)
 
+EPILOG = """examples:
+  segtrt predict scan.nii.gz -m MODEL -o out/                 one file
+  segtrt predict a.nii.gz b.nrrd c.mha -m MODEL -o out/       three cases
+  segtrt predict /data/export -m MODEL -o out/ --recursive    a PACS export: every usable DICOM series and image
+  segtrt predict /data/export -m MODEL -o out/ --recursive --series-description venous
+a rerun into the same -o folder skips the cases already done (segtrt_manifest.jsonl); --overwrite recomputes.
+exit codes: 0 all done, 1 some case failed (listed in OUT/segtrt_report.json), 2 usage error."""
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "predict",
-        help="segment images with an nnU-Net v2 model",
-        description="Segment one case (one file, or one file per channel), a folder of nnU-Net style "
-        "CASE_0000.nii.gz files, or DICOM series folders. Writes <case>.nii.gz label maps and a run report.",
-        epilog="examples:\n"
-        "  segtrt predict scan.nii.gz -m MODEL_FOLDER -o out/\n"
-        "  segtrt predict cases/ -m MODEL_FOLDER -o out/ --backend onnxruntime --batch-size 2\n"
-        "  segtrt predict dicom_series_folder/ -o out/ --device cpu --no-tta",
+        "predict", help="segment images with an nnU-Net v2 model",
+        description="Segment image files (NIfTI, NRRD, MetaImage), DICOM series, folders and nested trees of "
+                    "them. Writes one label map per case, mirroring the input tree, a manifest (for resuming) "
+                    "and a run report.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                   help="image files, DICOM series folders or folders of them")
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder (created)")
-    p.add_argument("-m", "--model", type=Path, default=DEFAULT_MODEL_DIR,
-                   help="nnU-Net v2 model folder (default: the bundled sample model)")
-    p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: all present)")
-    p.add_argument("-c", "--configuration", default=None, help="configuration, e.g. 3d_fullres (default: the checkpoint's)")
-    p.add_argument("--checkpoint", default=default_of("checkpoint_name"),
-                   help="checkpoint file name in fold_K/ (default: %(default)s)")
-    p.add_argument("--device", default=default_of("device"),
-                   help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N (default: %(default)s)")
-    p.add_argument("--backend", default=default_of("backend"), choices=BACKENDS, help="(default: %(default)s)")
-    p.add_argument("--precision", default=default_of("precision"), choices=PRECISIONS, help="(default: %(default)s)")
-    p.add_argument("--step-size", type=float, default=default_of("step_size"),
-                   help="window step as a fraction of the patch, in (0, 1] (default: %(default)s)")
-    p.add_argument("--no-tta", action="store_true", help="disable test-time mirroring")
-    p.add_argument("--batch-size", type=int, default=default_of("batch_size"),
-                   help="patches (and their mirror flips) per forward pass, >= 1; device memory grows with it "
-                        "(default: %(default)s)")
-    p.add_argument("--accumulate", default=default_of("accumulate_dtype"), choices=ACCUMULATE_DTYPES,
-                   help="dtype of the logit accumulator on the device (default: %(default)s)")
-    p.add_argument("--stream", default=default_of("stream"), choices=STREAM_MODES,
-                   help="z-streamed aggregation: only a patch-tall slab of logits stays on the device and finished "
-                        "slices go to host memory as float16, for volumes x classes too large for the GPU "
-                        "(auto: on CUDA when whole-volume accumulators exceed 4 GiB; default: %(default)s)")
-    p.add_argument("--compile", default=default_of("compile"), choices=tuple(COMPILE_MODES),
-                   help="torch backend: compile the network (kernels cached on disk; the first run compiles, "
-                        "max-autotune for minutes) (default: %(default)s)")
-    p.add_argument("--nonfinite", default=default_of("nonfinite"), choices=NONFINITE_POLICIES,
-                   help="NaN/Inf voxels in an input: error refuses the case (saying how many and where), zero "
-                        "replaces them by 0 and records it in the report (default: %(default)s)")
-    p.add_argument("--cuda-graph", action="store_true", help="torch backend: replay the network from CUDA graphs")
-    p.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz probabilities")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="load checkpoints holding Python objects outside nnU-Net's allow-list (runs pickled code)")
-    p.add_argument("--no-overlap-io", action="store_true",
-                   help="read, predict and write each case strictly in sequence (default: read the next case and "
-                        "write the previous one in background threads while a case is on the device)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-m", "--model", type=Path, default=None,
+                   help="nnU-Net v2 model folder (without it: the bundled demonstration model, with a warning)")
+    _add_model_options(p)
+    _add_batch_options(p)
+    from segtrt.outputs import add_output_arguments
+
+    add_output_arguments(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per case instead)")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from segtrt.io.writers import check_output_folder
-    from segtrt.run import run_prediction
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    d = PredictSettings()
+    p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: all present)")
+    p.add_argument("-c", "--configuration", default=None, help="configuration, e.g. 3d_fullres (default: the checkpoint's)")
+    p.add_argument("--checkpoint", default=d.checkpoint_name, help="checkpoint file name in fold_K/ (default: %(default)s)")
+    p.add_argument("--device", default=d.device,
+                   help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--backend", default=d.backend, choices=BACKENDS, help="(default: %(default)s)")
+    p.add_argument("--precision", default=d.precision, choices=PRECISIONS, help="(default: %(default)s)")
+    p.add_argument("--step-size", type=float, default=d.step_size,
+                   help="window step as a fraction of the patch, in (0, 1] (default: %(default)s)")
+    p.add_argument("--no-tta", action="store_true", help="disable test-time mirroring")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help="patches (and their mirror flips) per forward pass, >= 1; device memory grows with it "
+                        "(default: %(default)s)")
+    p.add_argument("--accumulate", default=d.accumulate_dtype, choices=ACCUMULATE_DTYPES,
+                   help="dtype of the logit accumulator on the device (default: %(default)s)")
+    p.add_argument("--stream", default=d.stream, choices=STREAM_MODES,
+                   help="z-streamed aggregation: only a patch-tall slab of logits stays on the device and finished "
+                        "slices go to host memory as float16 (auto: on CUDA when whole-volume accumulators exceed 4 GiB)")
+    p.add_argument("--compile", default=d.compile, choices=tuple(COMPILE_MODES),
+                   help="torch backend: compile the network (kernels cached on disk; the first run compiles) "
+                        "(default: %(default)s)")
+    p.add_argument("--cuda-graph", action="store_true", help="torch backend: replay the network from CUDA graphs")
+    p.add_argument("--channels-last", default=d.channels_last, choices=tuple(CHANNELS_LAST),
+                   help="torch backend: weights and patches in channels_last_3d (auto: when compiling on CUDA)")
+    p.add_argument("--nonfinite", default=d.nonfinite, choices=NONFINITE_POLICIES,
+                   help="NaN/Inf voxels in an input: error refuses the case (saying how many and where), zero "
+                        "replaces them by 0 and records it in the report (default: %(default)s)")
+    p.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz probabilities")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load checkpoints holding Python objects outside nnU-Net's allow-list (runs pickled code)")
 
+
+def _add_batch_options(p: argparse.ArgumentParser) -> None:
+    b = BatchSettings()
+    p.add_argument("-r", "--recursive", action="store_true",
+                   help="walk nested folders (patient/study/series trees, PACS exports)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="recompute every case, also those the output folder's manifest lists as done")
+    p.add_argument("--io-workers", type=int, default=b.io_workers, metavar="N",
+                   help="reader and writer threads each (default: a quarter of the cores, 1 to 4)")
+    p.add_argument("--no-overlap-io", action="store_true",
+                   help="read, predict and write each case strictly in sequence")
+    p.add_argument("--modality", default=b.modality,
+                   help="DICOM series to use by Modality, e.g. CT, MR or 'any' (default: the model's channel)")
+    p.add_argument("--series-description", default=b.series_description, metavar="REGEX",
+                   help="use only DICOM series whose Series Description matches REGEX (case-insensitive)")
+    p.add_argument("--min-slices", type=int, default=b.min_slices, help="fewest slices of a usable DICOM series")
+    p.add_argument("--series-uid", action="append", default=[], metavar="UID",
+                   help="use only the DICOM series with this Series Instance UID (repeatable)")
+
+
+def settings_from_args(args: argparse.Namespace) -> tuple[PredictSettings, BatchSettings]:
     settings = PredictSettings(
-        device=args.device,
-        step_size=args.step_size,
-        mirror=not args.no_tta,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        accumulate_dtype=args.accumulate,
-        save_probabilities=args.save_probabilities,
-        backend=args.backend,
-        folds=tuple(args.folds) if args.folds else None,
-        configuration=args.configuration,
-        checkpoint_name=args.checkpoint,
-        trust_checkpoint=args.trust_checkpoint,
-        compile=args.compile,
-        cuda_graph=args.cuda_graph,
-        stream=args.stream,
-        overlap_io=not args.no_overlap_io,
-        nonfinite=args.nonfinite,
+        device=args.device, step_size=args.step_size, mirror=not args.no_tta, batch_size=args.batch_size,
+        precision=args.precision, accumulate_dtype=args.accumulate, save_probabilities=args.save_probabilities,
+        backend=args.backend, folds=tuple(args.folds) if args.folds else None, configuration=args.configuration,
+        checkpoint_name=args.checkpoint, trust_checkpoint=args.trust_checkpoint, compile=args.compile,
+        cuda_graph=args.cuda_graph, stream=args.stream, overlap_io=not args.no_overlap_io,
+        channels_last=args.channels_last, nonfinite=args.nonfinite,
     )
+    batch = BatchSettings(
+        recursive=args.recursive, overwrite=args.overwrite, io_workers=args.io_workers, modality=args.modality,
+        series_description=args.series_description, min_slices=args.min_slices, series_uids=tuple(args.series_uid),
+    )
+    return settings, batch
+
+
+def run(args: argparse.Namespace) -> int:
+    from segtrt.batch import run_batch
+    from segtrt.commands.progress import BatchProgress, print_summary
+    from segtrt.outputs import output_options_from_args
+
+    from segtrt.io.writers import check_output_folder
+
+    settings, batch = settings_from_args(args)
     check_output_folder(args.output)
-    show_progress = not args.no_progress and not args.quiet and sys.stderr.isatty()
-    report = run_prediction(args.model, args.inputs, args.output, settings, progress_bar=show_progress)
-    for case in report.cases:
-        if case.ok:
-            print(f"{case.case_id}: {case.output}  ({_seconds(case.seconds)})")
-        else:
-            print(f"{case.case_id}: FAILED: {case.error}", file=sys.stderr)
-    print(f"report: {report.path}")
-    failed = [c for c in report.cases if not c.ok]
-    if failed:
-        print(f"segtrt: {len(failed)} of {len(report.cases)} case(s) failed", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _seconds(seconds: dict[str, float]) -> str:
-    total = sum(seconds.values())
-    parts = ", ".join(f"{k} {v:.2f}" for k, v in seconds.items())
-    return f"{total:.2f} s: {parts}"
+    outputs = output_options_from_args(args)
+    model = args.model
+    if model is None:
+        model = DEFAULT_MODEL_DIR
+        log.warning("no -m/--model given: using segtrt's bundled DEMONSTRATION model (%s; liver, spleen, kidneys, "
+                    "stomach, trained on one small CT). It is not a clinical model: pass -m with your own "
+                    "nnU-Net model folder for real scans.", model)
+    quiet = bool(getattr(args, "quiet", False))
+    progress = BatchProgress(bar=not args.no_progress and not quiet and sys.stderr.isatty(), quiet=quiet)
+    try:
+        report = run_batch(model, args.inputs, args.output, settings, batch, listener=progress, outputs=outputs)
+    finally:
+        progress.close()
+    print_summary(report, quiet=quiet)
+    return 1 if report.counts()["failed"] else 0

@@ -4,8 +4,8 @@ Array order is (z, y, x) everywhere, channels first; spacing in mm in that order
 keep SimpleITK's physical (x, y, z) convention so outputs land on the input's grid.
 """
 
-from segtrt.io.cases import Case, discover_cases
-from segtrt.io.dicom import is_dicom_series_folder, list_dicom_series, read_dicom_series
+from segtrt.io.cases import Case, split_channel_suffix
+from segtrt.io.dicom import DicomSeries, is_dicom_series_folder, list_dicom_series, read_dicom_series
 from segtrt.io.geometry import Geometry
 from segtrt.io.images import SUPPORTED_ENDINGS, image_ending, read_channel, read_image
 from segtrt.io.writers import atomic_path, atomic_write_bytes, write_probabilities, write_segmentation
@@ -13,10 +13,10 @@ from segtrt.io.writers import atomic_path, atomic_write_bytes, write_probabiliti
 __all__ = [
     "SUPPORTED_ENDINGS",
     "Case",
+    "DicomSeries",
     "Geometry",
     "atomic_path",
     "atomic_write_bytes",
-    "discover_cases",
     "image_ending",
     "is_dicom_series_folder",
     "list_dicom_series",
@@ -24,5 +24,6 @@ __all__ = [
     "read_dicom_series",
     "read_image",
     "write_probabilities",
+    "split_channel_suffix",
     "write_segmentation",
 ]

@@ -7,6 +7,7 @@ not by file name); files that are not DICOM are ignored. The folder is not searc
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,28 @@ logger = logging.getLogger(__name__)
 MAX_SLICE_SPACING_DEVIATION = 0.1
 
 _POSITION_TAG = "0020|0032"  # Image Position (Patient)
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """One DICOM series given by its files (in slice order), wherever they sit on disk.
+
+    ``name`` says where it came from, for messages (e.g. 'P1/ST1/SE2 (CT series 2)').
+    """
+
+    series_uid: str
+    files: tuple[Path, ...]
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def read_dicom_files(series: DicomSeries) -> sitk.Image:
+    """Read ``series.files`` (already in slice order) as one 3D image; same checks as :func:`read_dicom_series`."""
+    if not series.files:
+        raise InputImageError(f"DICOM series {series} has no files; expected the slice files of one series")
+    return _read_slices([str(f) for f in series.files], str(series), series.name)
 
 
 def list_dicom_series(folder: Path) -> tuple[str, ...]:
@@ -56,6 +79,12 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image
         raise InputImageError(f"DICOM input {folder} is not a folder; expected a folder of DICOM slice files")
     uid = _choose_series(folder, list_dicom_series(folder), series_uid)
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+    return _read_slices(list(files), f"{uid!r} in {folder}", folder)
+
+
+def _read_slices(files: list[str], name: str, where: Path | str) -> sitk.Image:
+    """The slice files (in order) as one 3D image, after the slice-spacing check; ``name`` and ``where``
+    (the folder, or the series' description) for messages."""
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -64,11 +93,10 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image
     except RuntimeError as error:
         reason = str(error).strip().splitlines()[-1]
         raise InputImageError(
-            f"cannot read DICOM series {uid!r} in {folder} ({reason}); "
-            "expected slices of one size and orientation"
+            f"cannot read DICOM series {name} ({reason}); expected slices of one size and orientation"
         ) from None
-    _check_slice_spacing(reader, image, folder)
-    logger.debug("read DICOM series %r from %s: %d files, size %s", uid, folder, len(files), image.GetSize())
+    _check_slice_spacing(reader, image, where)
+    logger.debug("read DICOM series %s: %d files, size %s", name, len(files), image.GetSize())
     return image
 
 

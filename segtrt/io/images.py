@@ -20,25 +20,28 @@ import numpy as np
 import SimpleITK as sitk
 
 from segtrt.errors import InputImageError
-from segtrt.io.dicom import read_dicom_series
+from segtrt.io.dicom import DicomSeries, read_dicom_files, read_dicom_series
 from segtrt.io.geometry import Geometry
 from segtrt.io.integrity import NonFiniteVoxels, check_nifti_intact, nifti_layout
 
 logger = logging.getLogger(__name__)
 
-#: File endings read by :func:`read_image` (a folder is read as a DICOM series).
-SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
+#: File endings read by :func:`read_image`, in any letter case (a folder is read as a DICOM series).
+SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+#: SimpleITK's reader for each ending (given explicitly: ITK picks none for '.MHA' or '.MHD').
+_IMAGE_IOS = {".nii.gz": "NiftiImageIO", ".nii": "NiftiImageIO", ".nrrd": "NrrdImageIO",
+              ".mha": "MetaImageIO", ".mhd": "MetaImageIO"}
 #: Integer dtypes kept as read: each value is exactly representable in float32.
 COMPACT_DTYPES = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.uint16))
-_EXPECTED = "a 3D NIfTI (.nii/.nii.gz), NRRD (.nrrd) or MetaImage (.mha) file, or a DICOM series folder"
+_EXPECTED = "a 3D NIfTI (.nii/.nii.gz), NRRD (.nrrd) or MetaImage (.mha/.mhd) file, or a DICOM series folder"
 
 
 def image_ending(path: Path) -> str | None:
-    """The supported ending of ``path``'s name (e.g. '.nii.gz'), or None.
+    """The supported ending of ``path``'s name in lower case (e.g. '.nii.gz' for 'CT.NII.GZ'), or None.
 
-    Endings are lower case only: SimpleITK cannot read '.MHA' nor write '.NII.GZ'.
+    The name keeps its own letter case: ``path.name[:-len(ending)]`` is its stem.
     """
-    name = Path(path).name
+    name = Path(path).name.lower()
     return next((ending for ending in SUPPORTED_ENDINGS if name.endswith(ending)), None)
 
 
@@ -50,7 +53,7 @@ def read_image(paths: Sequence[Path]) -> tuple[np.ndarray, Geometry]:
     Raises InputImageError (one line naming the file) when a channel cannot be read, is not a scalar
     3D image, or does not share the first channel's geometry.
     """
-    paths = [Path(p) for p in paths]
+    paths = [p if isinstance(p, DicomSeries) else Path(p) for p in paths]
     if not paths:
         raise InputImageError(f"no image given; expected one path per channel ({_EXPECTED})")
     first, restore = _read_channel_values(paths[0])
@@ -74,8 +77,9 @@ def read_image(paths: Sequence[Path]) -> tuple[np.ndarray, Geometry]:
     return data, geometry
 
 
-def read_channel(path: Path) -> sitk.Image:
-    """Read one channel (an image file, or a folder holding one DICOM series) as a scalar 3D image.
+def read_channel(path: "Path | DicomSeries") -> sitk.Image:
+    """Read one channel (an image file, a folder holding one DICOM series, or a :class:`DicomSeries`)
+    as a scalar 3D image.
 
     As SimpleITK gives it: NaN/Inf voxels of a NIfTI file are 0 in it (see segtrt.io.integrity);
     :func:`read_image` puts them back.
@@ -83,8 +87,12 @@ def read_channel(path: Path) -> sitk.Image:
     return _read_channel_values(path)[0]
 
 
-def _read_channel_values(path: Path) -> tuple[sitk.Image, NonFiniteVoxels | None]:
+def _read_channel_values(path: "Path | DicomSeries") -> tuple[sitk.Image, NonFiniteVoxels | None]:
     """The channel's image and, for a floating-point NIfTI, the non-finite voxels ITK zeroed."""
+    if isinstance(path, DicomSeries):
+        image = read_dicom_files(path)
+        _check_scalar_3d(image, Path(path.name))
+        return image, None
     path = Path(path)
     if path.is_dir():
         image, restore = read_dicom_series(path), None
@@ -102,24 +110,27 @@ def _read_file(path: Path) -> tuple[sitk.Image, NonFiniteVoxels | None]:
         raise InputImageError(f"cannot read {path}: unsupported file type; expected {_EXPECTED}")
     if ending == ".nii":
         restore = check_nifti_intact(path)
-        return _sitk_read(path), restore
+        return _sitk_read(path, ending), restore
     if ending != ".nii.gz":
-        return _sitk_read(path), None
+        return _sitk_read(path, ending), None
     nifti_layout(path)  # a malformed header or an empty axis: say so before ITK does
     # the CRC/length check decompresses the whole stream; zlib and ITK both release the GIL, so the check
     # runs beside the read and costs no wall time where a second core is free
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segtrt-gzip-check") as pool:
         check = pool.submit(check_nifti_intact, path)
         try:
-            image = _sitk_read(path)
+            image = _sitk_read(path, ending)
         finally:
             restore = check.result()  # a damaged file is reported as damaged even when ITK failed on it too
     return image, restore
 
 
-def _sitk_read(path: Path) -> sitk.Image:
+def _sitk_read(path: Path, ending: str) -> sitk.Image:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.SetImageIO(_IMAGE_IOS[ending])
     try:
-        return sitk.ReadImage(str(path))
+        return reader.Execute()
     except RuntimeError as error:
         reason = str(error).strip().splitlines()[-1].removeprefix("sitk::ERROR: ")
         raise InputImageError(f"cannot read {path} ({reason}); expected {_EXPECTED}") from None

@@ -55,7 +55,7 @@ def check_nifti_intact(path: Path) -> NonFiniteVoxels | None:
     """
     layout = nifti_layout(path)
     scan = _NonFiniteScan(layout) if layout.dtype.kind == "f" else None
-    if path.name.endswith(".gz"):
+    if path.name.lower().endswith(".gz"):
         actual, problem = gunzip_length(path, scan.feed if scan else None)
         if problem is not None:
             raise_damaged(path, problem)

@@ -51,9 +51,15 @@ def test_compiled_matches_eager_on_cpu(tmp_path, monkeypatch):
         out = runner.infer(x).numpy()
         assert runner.describe()["path"] == "compile:default"
         assert runner.first_call_seconds is not None
+        assert runner.describe()["compiled"]["start"] == "cold"
     torch._dynamo.reset()
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
     assert any((tmp_path / "inductor").iterdir()), "inductor wrote no on-disk cache"
+    with TorchRunner(net, "cpu", compile_mode="default", batch_size=2) as runner:  # as a later process would
+        again = runner.infer(x).numpy()
+        assert runner.describe()["compiled"]["start"] == "warm", runner.describe()
+    torch._dynamo.reset()
+    np.testing.assert_array_equal(again, out)
 
 
 @pytest.mark.gpu
@@ -71,3 +77,95 @@ def test_cuda_graph_replays_eager_answer():
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
         np.testing.assert_allclose(first.cpu().numpy(), net(x).float().cpu().numpy(), atol=2e-2, rtol=2e-2)
         np.testing.assert_allclose(second.cpu().numpy(), net(x * 2).float().cpu().numpy(), atol=2e-2, rtol=2e-2)
+
+
+# channels-last -------------------------------------------------------------------------------------------
+
+
+def _unet(kind: str, in_channels: int = 1) -> torch.nn.Module:
+    """A small PlainConvUNet / ResidualEncoderUNet (3 stages, 4..16 features) with seeded weights."""
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+
+    common = dict(input_channels=in_channels, n_stages=3, features_per_stage=(4, 8, 16), conv_op=torch.nn.Conv3d,
+                  kernel_sizes=3, strides=(1, 2, 2), num_classes=3, n_conv_per_stage_decoder=(1, 1),
+                  conv_bias=True, norm_op=torch.nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+                  nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True})
+    torch.manual_seed(0)
+    if kind == "plain":
+        net = PlainConvUNet(n_conv_per_stage=(2, 2, 2), **common)
+    else:
+        net = ResidualEncoderUNet(n_blocks_per_stage=(1, 2, 2), **common)
+    return net.eval()
+
+
+@pytest.mark.parametrize("kind", ["plain", "resenc"])
+@pytest.mark.parametrize("in_channels", [1, 2])
+def test_channels_last_eager_matches_ncdhw_on_cpu(kind, in_channels):
+    # measured max |diff| / max |logit| on two cores: ~1e-7 (another summation order in the convolutions)
+    net = _unet(kind, in_channels)
+    x = torch.randn(3, in_channels, 16, 16, 16)
+    with torch.no_grad():
+        expected = net(x).numpy()
+    with TorchRunner(net, "cpu", channels_last=True) as runner:
+        out = runner.infer(x)
+        assert runner.describe()["layout"] == "channels_last_3d"
+        assert next(p for p in net.parameters() if p.dim() == 5).is_contiguous(memory_format=torch.channels_last_3d)
+    assert out.is_contiguous(), "logits must come back NCDHW-contiguous for aggregation"
+    assert all(p.is_contiguous() for p in net.parameters()), "deactivate() restores the network's layout"
+    np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def test_channels_last_is_auto_only_for_compiled_cuda():
+    assert TorchRunner(_net(), "cpu").channels_last is False
+    assert TorchRunner(_net(), "cpu", compile_mode="default", batch_size=2).channels_last is False
+    assert TorchRunner(_net(), "cpu", compile_mode="default", batch_size=2, channels_last=True).channels_last
+    assert TorchRunner(_net(), "cpu").describe()["layout"] == "ncdhw"
+    with pytest.raises(BackendUnavailableError, match="needs a compile mode"):
+        TorchRunner(_net(), "cpu", ahead_of_time=True)
+
+
+def test_channels_last_mirrored_sliding_window_matches_ncdhw():
+    from segtrt.sliding import SlidingWindowOptions, sliding_window_logits
+
+    net = _unet("plain")
+    data = torch.randn(1, 20, 24, 18)
+    options = SlidingWindowOptions(patch_size=(16, 16, 16), num_classes=3, mirror_axes=(0, 1, 2), batch_size=2)
+    with torch.no_grad(), TorchRunner(net, "cpu") as plain:
+        expected = sliding_window_logits(data, [plain], options).numpy()
+    with torch.no_grad(), TorchRunner(net, "cpu", channels_last=True) as last:
+        out = sliding_window_logits(data, [last], options).numpy()
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.slow
+def test_channels_last_compiled_matches_eager_on_cpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    net = _unet("resenc", 2)
+    x = torch.randn(2, 2, 16, 16, 16)
+    with torch.no_grad():
+        expected = net(x).numpy()
+    with TorchRunner(net, "cpu", compile_mode="default", batch_size=2, channels_last=True) as runner:
+        out = runner.infer(x)
+        assert runner.describe()["path"] == "compile:default"
+    torch._dynamo.reset()
+    assert out.is_contiguous()
+    np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_channels_last_compiled_fp16_matches_eager_fp32_on_cuda(tmp_path, monkeypatch):
+    # H200, default CT U-Net: 1.8e-3 of the largest logit (fp16 autocast vs fp32); 2e-2 leaves room for small nets
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    net = _unet("plain").cuda()
+    x = torch.randn(2, 1, 32, 32, 32, device="cuda")
+    with torch.inference_mode():
+        expected = net(x).float().cpu().numpy()
+    with TorchRunner(net, "cuda", "fp16", compile_mode="default", batch_size=2) as runner:
+        assert runner.channels_last and runner.describe()["layout"] == "channels_last_3d"
+        out = runner.infer(x)
+        assert out.is_contiguous() and out.dtype == torch.float16
+    torch._dynamo.reset()
+    np.testing.assert_allclose(out.float().cpu().numpy(), expected, rtol=0, atol=2e-2 * np.abs(expected).max())

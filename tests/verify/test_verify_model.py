@@ -19,7 +19,7 @@ from segtrt.config import DEFAULT_MODEL_DIR
 from segtrt.testing import assert_model_matches
 from segtrt.verify import Tolerance
 
-SAMPLE = DEFAULT_MODEL_DIR.parent
+SAMPLE = Path(__file__).resolve().parents[2] / "sample_data"
 SAMPLE_CT = SAMPLE / "example_ct.nii.gz"
 DICOM = SAMPLE / "example_ct_dicom"
 

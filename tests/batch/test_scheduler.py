@@ -1,27 +1,15 @@
-"""Overlapped file IO: the pipeline on fake steps (order, overlap, bounds, failures, interrupts), then
-``segtrt predict`` on copies of the bundled sample CT (CPU) with and without overlap."""
+"""The batch scheduler on fake steps: order, overlap, parallel readers and writers, bounds, failures,
+interrupts, and on_done called on the calling thread as cases finish."""
 
 from __future__ import annotations
 
-import gzip
-import json
-import shutil
 import threading
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
-import SimpleITK as sitk
 
-from segtrt.cli import main
-from segtrt.config import DEFAULT_MODEL_DIR, PredictSettings
-from segtrt.io import writers
-from segtrt.pipeline import run_overlapped
-from segtrt.run import run_prediction
+from segtrt.batch.scheduler import Limits, run_scheduled
 
-SAMPLE_CT = DEFAULT_MODEL_DIR.parent / "example_ct.nii.gz"
-FAST = ["--device", "cpu", "--no-tta", "--no-progress"]
 WAIT = 10.0  # seconds a fake step waits for an event that only a pipelined run produces
 
 
@@ -39,6 +27,8 @@ class FakeSteps:
         self.lock = threading.Lock()
         self.predicts_finished = 0
         self.max_read_ahead = 0  # largest (case being read) - (predictions finished): images held beyond one
+        self.running = {step: 0 for step in self.seconds}
+        self.max_running = {step: 0 for step in self.seconds}
         self.threads: dict[str, set[str]] = {step: set() for step in self.seconds}
         self.predict_waits_for: tuple[str, ...] = ()  # events of neighbouring cases predict(c) waits for
 
@@ -48,12 +38,19 @@ class FakeSteps:
 
     def _step(self, step: str, case: int) -> None:
         start = time.perf_counter()
-        self.threads[step].add(threading.current_thread().name)
+        with self.lock:
+            self.threads[step].add(threading.current_thread().name)
+            self.running[step] += 1
+            self.max_running[step] = max(self.max_running[step], self.running[step])
         self.event(step, case).set()
-        time.sleep(self.seconds[step])
-        if case in self.fail.get(step, ()):
-            raise ValueError(f"{step} of case {case} failed")
-        self.intervals[step, case] = (start, time.perf_counter())
+        try:
+            time.sleep(self.seconds[step])
+            if case in self.fail.get(step, ()):
+                raise ValueError(f"{step} of case {case} failed")
+            self.intervals[step, case] = (start, time.perf_counter())
+        finally:
+            with self.lock:
+                self.running[step] -= 1
 
     def read(self, case: int) -> int:
         with self.lock:
@@ -81,8 +78,8 @@ def _on_error(case: int, exc: Exception) -> str:
     return f"case {case}: {exc}"
 
 
-def _run(steps: FakeSteps, cases):
-    return run_overlapped(cases, steps.read, steps.predict, steps.write, _on_error)
+def _run(steps: FakeSteps, cases, limits: Limits = Limits(), on_done=lambda index, result: None):
+    return run_scheduled(cases, steps.read, steps.predict, steps.write, _on_error, on_done, limits)
 
 
 def _pipeline_threads() -> list[str]:
@@ -148,11 +145,13 @@ def test_interrupt_completes_the_write_handed_over_and_joins_the_threads():
             raise KeyboardInterrupt
         return original(case, loaded)
 
+    done: list[int] = []
     with pytest.raises(KeyboardInterrupt):
-        run_overlapped(range(5), steps.read, predict, steps.write, _on_error)
+        run_scheduled(range(5), steps.read, predict, steps.write, _on_error, lambda i, r: done.append(i))
     # case 1's write was handed over before predict(2) raised: it completes even if it had not started
     assert ("write", 1) in steps.intervals, "the write handed over completes"
     assert ("write", 2) not in steps.intervals
+    assert 1 in done, "the completed write is reported, so the caller can record it"
     assert not _pipeline_threads()
 
 
@@ -160,75 +159,48 @@ def test_no_cases():
     assert _run(FakeSteps(), []).results == []
 
 
-# --- on the bundled sample model (CPU) ---------------------------------------------------------------
+def test_parallel_readers_and_writers_run_at_once():
+    """Reads and writes slower than predictions: with 3 workers each, 3 of each run at the same time,
+    and the whole run takes about a third of the sequential read time."""
+    steps = FakeSteps(read_s=0.3, predict_s=0.02, write_s=0.3)
+    started = time.perf_counter()
+    run = _run(steps, range(9), Limits(read_workers=3, read_ahead=3, write_workers=3))
+    elapsed = time.perf_counter() - started
+    assert run.results == [(c, c * 10 + 1) for c in range(9)]
+    assert steps.max_running["read"] == 3 and steps.max_running["write"] == 3
+    assert len(steps.threads["read"]) == 3 and len(steps.threads["write"]) == 3
+    assert elapsed < 9 * 0.3 * 0.6, elapsed  # sequential reads alone would take 2.7 s
+    assert steps.max_read_ahead <= 3
 
 
-def _three_cases(folder: Path, middle: bytes | None = None) -> Path:
-    """a, b, c: the sample CT, the sample flipped left-right (same geometry), the sample; ``middle``
-    replaces b's file bytes."""
-    folder.mkdir()
-    shutil.copy(SAMPLE_CT, folder / "a_0000.nii.gz")
-    shutil.copy(SAMPLE_CT, folder / "c_0000.nii.gz")
-    if middle is not None:
-        (folder / "b_0000.nii.gz").write_bytes(middle)
-        return folder
-    image = sitk.ReadImage(str(SAMPLE_CT))
-    flipped = sitk.GetImageFromArray(sitk.GetArrayFromImage(image)[:, :, ::-1].copy())
-    flipped.CopyInformation(image)
-    sitk.WriteImage(flipped, str(folder / "b_0000.nii.gz"), True)
-    return folder
+def test_read_ahead_is_bounded_by_the_limit():
+    steps = FakeSteps(predict_s=0.05)
+    steps.predict_waits_for = (("read", 2),)
+    for case in (8, 9):
+        steps.event("read", case).set()
+    _run(steps, range(8), Limits(read_workers=2, read_ahead=2, write_workers=1))
+    assert steps.max_read_ahead == 2
 
 
-def _report(out: Path) -> dict:
-    return json.loads((out / "segtrt_report.json").read_text())
+def test_on_done_is_called_once_per_case_on_the_calling_thread():
+    calls: list[tuple[int, str]] = []
+
+    def on_done(index, result):
+        calls.append((index, threading.current_thread().name))
+
+    steps = FakeSteps(write_s=0.02, fail={"read": {2}, "write": {4}})
+    _run(steps, range(6), Limits(2, 2, 2), on_done)
+    assert sorted(index for index, _ in calls) == list(range(6))
+    assert {name for _, name in calls} == {threading.main_thread().name}
 
 
-def _settings() -> PredictSettings:
-    return PredictSettings(device="cpu", mirror=False)
+def test_timeline_records_every_step():
+    run = _run(FakeSteps(), range(3))
+    steps = {(index, step) for index, step, *_ in run.timeline}
+    assert steps == {(c, s) for c in range(3) for s in ("read", "predict", "write")}
+    assert all(end >= begin for *_, begin, end in run.timeline)
 
 
-def test_overlapped_labels_equal_sequential(tmp_path):
-    cases = _three_cases(tmp_path / "cases")
-    assert main(["predict", str(cases), "-o", str(tmp_path / "overlap"), *FAST]) == 0
-    assert main(["predict", str(cases), "-o", str(tmp_path / "seq"), *FAST, "--no-overlap-io"]) == 0
-    overlapped, sequential = _report(tmp_path / "overlap"), _report(tmp_path / "seq")
-    assert overlapped["io"]["overlapped"] and overlapped["settings"]["overlap_io"]
-    assert not sequential["io"]["overlapped"] and not sequential["settings"]["overlap_io"]
-    for report in (overlapped, sequential):
-        assert [c["case_id"] for c in report["cases"]] == ["a", "b", "c"]
-        assert all({"read", "network", "write"} <= set(c["seconds"]) for c in report["cases"])
-    labels = {}
-    for case in "abc":
-        labels[case] = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "overlap" / f"{case}.nii.gz")))
-        again = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "seq" / f"{case}.nii.gz")))
-        np.testing.assert_array_equal(labels[case], again)
-    assert not np.array_equal(labels["a"], labels["b"]), "b is a different image"
-
-
-def test_an_unreadable_case_in_the_middle_fails_alone(tmp_path):
-    truncated = SAMPLE_CT.read_bytes()[: SAMPLE_CT.stat().st_size // 2]
-    cases = _three_cases(tmp_path / "cases", middle=truncated)
-    out = tmp_path / "out"
-    report = run_prediction(DEFAULT_MODEL_DIR, [cases], out, _settings())
-    assert report.io["overlapped"]
-    assert [(c.case_id, c.ok) for c in report.cases] == [("a", True), ("b", False), ("c", True)]
-    assert "b_0000.nii.gz" in report.cases[1].error
-    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "c.nii.gz", "segtrt_report.json"]
-
-
-def test_a_failing_write_fails_its_case_and_leaves_no_file(tmp_path, monkeypatch):
-    """The writer of case b writes half a file, then fails: b is failed, a and c are written."""
-    write_image = writers.sitk.WriteImage
-
-    def flaky(image, path, *args):
-        if Path(path).name.startswith(".b.nii.gz"):
-            Path(path).write_bytes(gzip.compress(b"half a label map"))
-            raise OSError("disk full")
-        return write_image(image, path, *args)
-
-    monkeypatch.setattr(writers.sitk, "WriteImage", flaky)
-    cases = _three_cases(tmp_path / "cases")
-    out = tmp_path / "out"
-    report = run_prediction(DEFAULT_MODEL_DIR, [cases], out, _settings())
-    assert [(c.case_id, c.error) for c in report.cases] == [("a", None), ("b", "OSError: disk full"), ("c", None)]
-    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "c.nii.gz", "segtrt_report.json"]
+def test_limits_are_validated():
+    with pytest.raises(ValueError, match="write_workers must be >= 1"):
+        Limits(write_workers=0)

@@ -1,0 +1,132 @@
+"""compiled_cache: content keys, and AOTInductor packages that a later call loads instead of compiling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from segtrt.errors import CompiledCacheError
+from segtrt.runners import compiled_cache
+from segtrt.runners.torch_runner import TorchRunner
+
+
+def _net(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Conv3d(2, 4, 3, padding=1),
+        torch.nn.InstanceNorm3d(4, affine=True),
+        torch.nn.LeakyReLU(0.01),
+        torch.nn.Conv3d(4, 3, 1),
+    ).eval()
+
+
+def test_network_digest_follows_weights_not_layout():
+    a, b = _net(), _net()
+    assert compiled_cache.network_sha256(a) == compiled_cache.network_sha256(b)
+    b.to(memory_format=torch.channels_last_3d)
+    assert compiled_cache.network_sha256(a) == compiled_cache.network_sha256(b)
+    with torch.no_grad():
+        b[0].weight[0, 0, 0, 0, 0] += 1e-3
+    assert compiled_cache.network_sha256(a) != compiled_cache.network_sha256(b)
+    assert compiled_cache.network_sha256(a) != compiled_cache.network_sha256(_net(seed=1))
+
+
+def test_key_fields_cover_shape_precision_layout_mode_and_target():
+    cpu = torch.device("cpu")
+    base = compiled_cache.key_fields("abc", (4, 2, 8, 8, 8), "fp32", True, "default", cpu)
+    assert base["layout"] == "channels_last_3d" and base["torch_version"] == torch.__version__
+    assert base["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    variants = [
+        compiled_cache.key_fields("abd", (4, 2, 8, 8, 8), "fp32", True, "default", cpu),
+        compiled_cache.key_fields("abc", (2, 2, 8, 8, 8), "fp32", True, "default", cpu),
+        compiled_cache.key_fields("abc", (4, 2, 8, 8, 8), "fp16", True, "default", cpu),
+        compiled_cache.key_fields("abc", (4, 2, 8, 8, 8), "fp32", False, "default", cpu),
+        compiled_cache.key_fields("abc", (4, 2, 8, 8, 8), "fp32", True, "max-autotune-no-cudagraphs", cpu),
+    ]
+    keys = {compiled_cache.cache_key(f) for f in [base, *variants]}
+    assert len(keys) == 6
+
+
+def test_to_layout_copies_only_when_needed():
+    x = torch.randn(2, 3, 4, 5, 6)
+    last = compiled_cache.to_layout(x, True)
+    assert last.is_contiguous(memory_format=torch.channels_last_3d) and not last.is_contiguous()
+    assert compiled_cache.to_layout(last, True) is last
+    assert compiled_cache.to_layout(x, False) is x
+    single = torch.randn(2, 1, 4, 5, 6)  # one channel: NCDHW is already channels-last in memory...
+    viewed = compiled_cache.to_layout(single, True)
+    assert viewed.data_ptr() == single.data_ptr() and torch.equal(viewed, single)
+    # ...but only the exact strides make torch choose channels-last kernels for what follows
+    assert viewed.stride() == (120, 1, 30, 6, 1)
+    weight = torch.randn(3, 1, 3, 3, 3).to(memory_format=torch.channels_last_3d)
+    assert torch.nn.functional.conv3d(viewed, weight).stride()[1] == 1, "channels-last output expected"
+    assert torch.nn.functional.conv3d(single, torch.randn(3, 1, 3, 3, 3)).stride()[1] != 1
+
+
+def test_unknown_mode_is_refused(tmp_path):
+    with pytest.raises(CompiledCacheError, match="compile mode must be one of"):
+        compiled_cache.get_or_compile(_net(), (1, 2, 8, 8, 8), "fp32", False, "fastest",
+                                      device=torch.device("cpu"), root=tmp_path)
+
+
+@pytest.mark.slow
+def test_ahead_of_time_package_is_compiled_once_then_loaded(tmp_path, monkeypatch):
+    # AOTInductor on the CPU (C++ code generation and a compiler run, ~30-60 s on two cores)
+    monkeypatch.setenv("SEGTRT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    net = _net()
+    x = torch.randn(2, 2, 8, 8, 8)
+    with torch.no_grad():
+        expected = net(x).numpy()
+    with torch.inference_mode(), TorchRunner(net, "cpu", compile_mode="default", batch_size=2, channels_last=True,
+                                             ahead_of_time=True) as runner:
+        cold = runner.infer(x).numpy()
+        info = runner.describe()
+    assert info["path"] == "aot:default" and info["compiled"]["start"] == "cold"
+    package = tmp_path / "cache" / "compiled" / f"{compiled_cache.cache_key(compiled_cache.read_metadata(info['compiled']['package'])['fields'])}.pt2"
+    assert package.is_file() and str(package) == info["compiled"]["package"]
+    metadata = json.loads((package.parent / (package.name + ".json")).read_text())
+    assert metadata["fields"]["layout"] == "channels_last_3d" and metadata["fields"]["input_shape"] == [2, 2, 8, 8, 8]
+    # fp32 inductor vs eager: another summation order, ~1e-7 of the logits
+    np.testing.assert_allclose(cold, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+    with TorchRunner(net, "cpu", compile_mode="default", batch_size=2, channels_last=True,
+                     ahead_of_time=True) as runner:
+        warm = runner.infer(x).numpy()
+        assert runner.describe()["compiled"]["start"] == "warm"
+    np.testing.assert_array_equal(warm, cold)
+
+    with open(package, "r+b") as handle:  # damage the package: a later load must refuse it, not run it
+        handle.seek(100)
+        handle.write(b"\0" * 16)
+    with pytest.raises(CompiledCacheError, match="does not match the checksum"):
+        with TorchRunner(net, "cpu", compile_mode="default", batch_size=2, channels_last=True,
+                         ahead_of_time=True) as runner:
+            runner.infer(x)
+
+
+def test_probe_turns_a_package_that_cannot_load_into_an_error(tmp_path):
+    bad = tmp_path / "bad.pt2"
+    bad.write_bytes(b"not a package")
+    with pytest.raises(CompiledCacheError, match="failed when a test process loaded and ran it on cpu"):
+        compiled_cache.probe(bad, (1, 2, 8, 8, 8), True, torch.device("cpu"))
+
+
+def test_a_package_that_fails_its_probe_is_not_published(tmp_path, monkeypatch):
+    def fake_compile(program, package_path, inductor_configs):
+        Path(package_path).write_bytes(b"kernels")
+        return package_path
+
+    def failing_probe(path, shape, channels_last, device):
+        assert Path(path).is_file() and path.name.endswith(".tmp.pt2")  # probed before it is published
+        raise CompiledCacheError("crashed")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", fake_compile)
+    monkeypatch.setattr(compiled_cache, "probe", failing_probe)
+    with pytest.raises(CompiledCacheError, match="crashed"):
+        compiled_cache.get_or_compile(_net(), (1, 2, 8, 8, 8), "fp32", True, device=torch.device("cpu"), root=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == []
