@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from segtrt.config import PRECISIONS, VERIFY_BACKENDS, PredictSettings
-from segtrt.errors import SettingsError
+from segtrt.errors import InputImageError, SettingsError
 from segtrt.verify.labels import CasesComparison, compare_case_labels
 from segtrt.verify.patches import random_patches, scan_patches
 from segtrt.verify.reference import exact_float32
@@ -146,15 +146,21 @@ def onnx_files(model: Any, options: VerifyOptions, work: Path) -> list[Path]:
 
 
 def read_scans(model: Any, scans: Sequence[Path]) -> Images:
-    """(C, Z, Y, X) image and (z, y, x) spacing of every case, keyed by its first channel file."""
-    from segtrt.io import discover_cases, read_image
+    """(C, Z, Y, X) image and (z, y, x) spacing of every case found in ``scans`` (as ``segtrt predict`` finds
+    them, segtrt.batch.discovery), keyed by case id (as a Path, which compare_case_labels takes), in sorted order."""
+    from segtrt.batch.discovery import ModelInputs, discover
+    from segtrt.io import read_image
 
     folder = model.folder
-    cases = discover_cases(list(scans), folder.num_input_channels, folder.file_ending, folder.channel_names)
+    found = discover(list(scans), ModelInputs(folder.num_input_channels, tuple(folder.channel_names)))
+    if not found.cases:
+        reasons = "; ".join(f"{s.path}: {s.reason}" for s in found.skipped) or "nothing found"
+        raise InputImageError(f"no case to verify in {', '.join(map(str, scans))} ({reasons}); expected image "
+                              "files or DICOM series the model can read")
     images = {}
-    for case in sorted(cases, key=lambda c: c.case_id):
+    for case in sorted(found.cases, key=lambda c: c.case_id):
         image, geometry = read_image(case.channels)
-        images[Path(case.channels[0])] = (image, tuple(geometry.spacing))
+        images[Path(case.case_id)] = (image, tuple(geometry.spacing))
     return images
 
 
@@ -187,12 +193,12 @@ def compare_cases(model: Any, runners: list, options: VerifyOptions, device: tor
     with Predictor(model.folder, references, settings, model.mirror_axes, device) as reference, \
             Predictor(model.folder, runners, settings, model.mirror_axes, device) as candidate:
 
-        def reference_labels(path: Path) -> np.ndarray:
+        def reference_labels(case_id: Path) -> np.ndarray:
             with exact_float32():
-                return reference.predict_image(*images[path]).labels
+                return reference.predict_image(*images[case_id]).labels
 
-        def candidate_labels(path: Path) -> np.ndarray:
-            return candidate.predict_image(*images[path]).labels
+        def candidate_labels(case_id: Path) -> np.ndarray:
+            return candidate.predict_image(*images[case_id]).labels
 
         return compare_case_labels(reference_labels, candidate_labels, list(images),
                                    min_agreement=options.limits("scan").min_argmax_agreement,
