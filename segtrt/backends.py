@@ -7,10 +7,12 @@ reason; nothing falls back silently. The returned ``choice`` dict goes into the 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from segtrt.config import AHEAD_OF_TIME, BACKENDS, CHANNELS_LAST, COMPILE_MODES, PredictSettings
+from segtrt.config import AHEAD_OF_TIME, BACKENDS, CHANNELS_LAST, COMPILE_MODES, PredictSettings, default_of
 from segtrt.errors import BackendUnavailableError
 from segtrt.runners.base import Runner
 from segtrt.runners.torch_runner import TorchRunner
@@ -22,7 +24,9 @@ def create_runners(model, settings: PredictSettings, device: torch.device) -> tu
     """Runners for every fold of ``model`` (a ``segtrt.nnunet.LoadedModel``) and the reasons for them."""
     if settings.backend not in BACKENDS:
         raise BackendUnavailableError(f"--backend must be one of {', '.join(BACKENDS)}, got {settings.backend!r}")
-    backend, reason = settings.backend, f"requested {settings.backend}"
+    default = settings.backend == default_of("backend")
+    backend = settings.backend
+    reason = f"{backend} (the default backend)" if default else f"requested --backend {backend}"
     if backend == "auto":
         backend, reason = choose_backend(device)
         log.info("backend auto -> %s (%s)", backend, reason)
@@ -55,7 +59,7 @@ def choose_backend(device: torch.device) -> tuple[str, str]:
     """``--backend auto``: TensorRT, then ONNX Runtime CUDA, then torch CUDA; the CPU must be explicit."""
     if device.type != "cuda":
         if device.type == "cpu":
-            return "torch", "auto on the CPU (requested --device cpu): torch"
+            return "torch", "auto on the CPU: torch (TensorRT and ONNX Runtime CUDA need a GPU)"
         raise BackendUnavailableError("--backend auto needs a CUDA device; pass --device cpu to run on the CPU")
     problems = []
     try:
@@ -88,8 +92,22 @@ def _onnxruntime_runners(model, settings: PredictSettings, device: torch.device)
 
 def _tensorrt_runners(model, settings: PredictSettings, device: torch.device) -> list[Runner]:
     if device.type != "cuda":
-        raise BackendUnavailableError("--backend tensorrt needs a CUDA device")
-    from segtrt.engine.cache import engine_for_model
+        raise BackendUnavailableError(f"--backend tensorrt needs a CUDA device; this run is on {device}")
     from segtrt.runners.tensorrt_runner import TensorRTRunner
 
     return [TensorRTRunner(plan, device) for plan in engine_for_model(model, settings, device)]
+
+
+def engine_for_model(model: Any, settings: Any, device: torch.device) -> list[Path]:
+    """One cached plan per fold of a loaded model, for ``--backend tensorrt`` (see segtrt.backends).
+
+    The ONNX files come from ``segtrt.onnx_cache.cached_exports``; the profile spans 1 to
+    ``settings.batch_size`` patches.
+    """
+    from segtrt.engine.build import BuildOptions
+    from segtrt.engine.cache import current_target, get_or_build
+    from segtrt.onnx_cache import cached_exports
+
+    options = BuildOptions(min_batch=1, opt_batch=settings.batch_size, max_batch=settings.batch_size)
+    target = current_target(device)
+    return [get_or_build(path, options, target=target).plan_path for path in cached_exports(model, settings)]

@@ -1,8 +1,9 @@
 """The ``segtrt`` command line: a thin dispatcher over ``segtrt.commands.*``.
 
 Each command module exposes ``register(subparsers)`` (adds its parser and sets ``func``) and
-``run(args) -> int``. User errors (``SegtrtError``) are printed as one line, without a traceback,
-and give exit code 2.
+``run(args) -> int``; command modules import torch and the rest of segtrt inside ``run``, so that
+``segtrt --help`` stays fast. User errors (``SegtrtError``) are printed as one line, without a
+traceback, and give exit code 2; so do usage errors (segtrt.commands.arguments).
 """
 
 from __future__ import annotations
@@ -13,15 +14,23 @@ import logging
 import sys
 
 from segtrt import __version__
+from segtrt.commands.arguments import SegtrtParser, add_logging_options
 from segtrt.errors import SegtrtError
 
 COMMANDS = ("predict", "export", "verify", "build", "info")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="segtrt", description="Fast inference for nnU-Net v2 models.")
+    parser = SegtrtParser(
+        prog="segtrt", description="Fast inference for nnU-Net v2 models.",
+        epilog="examples:\n"
+        "  segtrt predict scan.nii.gz -m MODEL_FOLDER -o out/\n"
+        "  segtrt verify scan.nii.gz -m MODEL_FOLDER --backend onnxruntime\n"
+        "  segtrt export -m MODEL_FOLDER -o model.onnx --dynamic-batch\n"
+        "run 'segtrt COMMAND --help' for a command's options",
+    )
     parser.add_argument("--version", action="version", version=f"segtrt {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show debug logging")
+    add_logging_options(parser, top_level=True)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -31,16 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(subparsers)
+    for subparser in subparsers.choices.values():
+        add_logging_options(subparser, top_level=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    if args.verbose and args.quiet:
+        parser.error("-v/--verbose and -q/--quiet exclude each other; give one")
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
     try:
         return int(args.func(args) or 0)
     except SegtrtError as exc:

@@ -1,14 +1,23 @@
-"""Settings dataclasses: every default, and every environment read, lives here."""
+"""Settings dataclasses: every default, every environment read and every settings check lives here.
+
+``PredictSettings`` validates itself when it is created, so the CLI, the Python API and scripts all get
+the same one-line :class:`~segtrt.errors.SettingsError` for a value out of range.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+
+from segtrt.errors import SettingsError
 
 PRECISIONS = ("fp32", "fp16")
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "auto")
+#: Backends ``segtrt verify`` compares with the torch float32 reference.
+VERIFY_BACKENDS = ("onnxruntime", "tensorrt", "torch")
 #: --compile values -> torch.compile / inductor modes (None = eager).
 COMPILE_MODES = {"off": None, "default": "default", "max-autotune": "max-autotune-no-cudagraphs",
                  "aot": "default", "aot-max-autotune": "max-autotune-no-cudagraphs"}
@@ -16,6 +25,12 @@ COMPILE_MODES = {"off": None, "default": "default", "max-autotune": "max-autotun
 AHEAD_OF_TIME = ("aot", "aot-max-autotune")
 #: --channels-last values -> TorchRunner(channels_last=...) (None = on when compiling on CUDA).
 CHANNELS_LAST = {"auto": None, "on": True, "off": False}
+ACCUMULATE_DTYPES = ("float32", "float16")
+STREAM_MODES = ("auto", "on", "off")
+#: What to do with NaN / +-Inf voxels in an input image: refuse the case, or replace them by 0.
+NONFINITE_POLICIES = ("error", "zero")
+#: Accepted ``device`` strings: auto, cpu, cuda, cuda:N.
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 #: Folder of the bundled demonstration model, shipped inside the package (``sample_data/model`` in a
 #: source checkout links to it). Used without ``-m`` only, with a warning that names it.
@@ -34,11 +49,12 @@ def cache_dir() -> Path:
 class PredictSettings:
     """How one prediction runs. Shapes and spacings elsewhere are in array order (z, y, x).
 
-    step_size: window step as a fraction of the patch size (nnU-Net's ``tile_step_size``).
+    device: ``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+    step_size: window step as a fraction of the patch size (nnU-Net's ``tile_step_size``), in (0, 1].
     mirror: test-time mirroring over the model's allowed axes.
-    batch_size: patches per forward pass (mirror flips are batched on top when they fit).
+    batch_size: patches per forward pass (mirror flips are batched on top when they fit), >= 1.
     precision: network precision; ``fp16`` is autocast (torch) or an fp16 graph (ONNX/TensorRT).
-    accumulate_dtype: dtype of the logit/weight accumulators on the device.
+    accumulate_dtype: dtype of the logit/weight accumulators on the device (``float32``/``float16``).
     compile: torch backend only: ``off``, ``default`` or ``max-autotune`` (torch.compile, kernels cached
         on disk; the first run on a machine compiles).
     cuda_graph: torch backend only: replay the network from CUDA graphs (one capture per batch shape).
@@ -50,6 +66,11 @@ class PredictSettings:
         the worker counts); ``False`` does read -> predict -> write strictly in sequence.
     channels_last: torch backend only: ``auto`` (weights and batches in channels_last_3d when compiling on
         CUDA, where it removes cuDNN's layout transposes), ``on`` or ``off``.
+    nonfinite: NaN / Inf voxels in an input: ``error`` (default) refuses the case naming how many and
+        where; ``zero`` replaces them by 0 before preprocessing (logged, and recorded in the run report).
+
+    Every value is checked on creation: a wrong one raises SettingsError (one line naming the
+    setting, its CLI option, what was received and what is expected).
     """
 
     device: str = "auto"
@@ -69,6 +90,32 @@ class PredictSettings:
     stream: str = "auto"
     overlap_io: bool = True
     channels_last: str = "auto"
+    nonfinite: str = "error"
+
+    def __post_init__(self) -> None:
+        _check_choice("device", self.device, "--device", None)
+        _check_step_size(self.step_size)
+        _check_positive_int("batch_size", self.batch_size, "--batch-size")
+        _check_choice("precision", self.precision, "--precision", PRECISIONS)
+        _check_choice("accumulate_dtype", self.accumulate_dtype, "--accumulate", ACCUMULATE_DTYPES)
+        _check_choice("backend", self.backend, "--backend", BACKENDS)
+        _check_choice("compile", self.compile, "--compile", tuple(COMPILE_MODES))
+        _check_choice("stream", self.stream, "--stream", STREAM_MODES)
+        _check_choice("nonfinite", self.nonfinite, "--nonfinite", NONFINITE_POLICIES)
+        _check_choice("channels_last", self.channels_last, "--channels-last", tuple(CHANNELS_LAST))
+        for name, option in (("mirror", "--no-tta"), ("save_probabilities", "--save-probabilities"),
+                             ("trust_checkpoint", "--trust-checkpoint"), ("cuda_graph", "--cuda-graph"),
+                             ("overlap_io", "--no-overlap-io")):
+            if not isinstance(getattr(self, name), bool):
+                raise SettingsError(f"{name} ({option}) must be True or False, got {getattr(self, name)!r}")
+        _check_folds(self.folds)
+        if not isinstance(self.checkpoint_name, str) or not self.checkpoint_name or "/" in self.checkpoint_name:
+            raise SettingsError(
+                f"checkpoint_name (--checkpoint) must be a file name inside fold_K/, got {self.checkpoint_name!r}"
+            )
+        if self.configuration is not None and (not isinstance(self.configuration, str) or not self.configuration):
+            raise SettingsError(f"configuration (-c) must be a configuration name, got {self.configuration!r}")
+
 
 
 @dataclass(frozen=True)
@@ -94,18 +141,60 @@ class BatchSettings:
     series_uids: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        from segtrt.errors import SegtrtError
-
         if self.io_workers is not None and self.io_workers < 1:
-            raise SegtrtError(f"--io-workers must be at least 1, got {self.io_workers}")
+            raise SettingsError(f"--io-workers must be at least 1, got {self.io_workers}")
         if self.min_slices < 1:
-            raise SegtrtError(f"--min-slices must be at least 1, got {self.min_slices}")
+            raise SettingsError(f"--min-slices must be at least 1, got {self.min_slices}")
         if self.series_description is not None:
             try:
                 re.compile(self.series_description)
             except re.error as error:
-                raise SegtrtError(f"--series-description {self.series_description!r} is not a regular "
+                raise SettingsError(f"--series-description {self.series_description!r} is not a regular "
                                   f"expression ({error}); expected e.g. 'abdomen|venous'") from None
+
+
+def default_of(name: str):
+    """The default of the ``PredictSettings`` field ``name`` (the CLI shows and uses these)."""
+    for field in fields(PredictSettings):
+        if field.name == name:
+            return field.default
+    raise KeyError(name)
+
+
+def _check_choice(name: str, value: object, option: str, choices: tuple[str, ...] | None) -> None:
+    if choices is None:  # the device: auto, cpu, cuda, cuda:N
+        if isinstance(value, str) and DEVICE_PATTERN.fullmatch(value):
+            return
+        raise SettingsError(f"{name} ({option}) must be auto, cpu, cuda or cuda:N, got {value!r}")
+    if value not in choices:
+        raise SettingsError(f"{name} ({option}) must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_step_size(value: object) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not 0.0 < float(value) <= 1.0:
+        raise SettingsError(
+            f"step_size (--step-size) must be a fraction of the patch in (0, 1] (nnU-Net uses 0.5), got {value!r}"
+        )
+
+
+def _check_positive_int(name: str, value: object, option: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SettingsError(f"{name} ({option}) must be a whole number >= 1, got {value!r}")
+
+
+def _check_folds(folds: object) -> None:
+    if folds is None:
+        return
+    if not isinstance(folds, (tuple, list)) or not folds:
+        raise SettingsError(f"folds (-f) must be a non-empty tuple of fold names such as (0, 1) or ('all',), "
+                            f"got {folds!r}")
+    for fold in folds:
+        if isinstance(fold, bool) or not isinstance(fold, (int, str)) or str(fold) == "":
+            raise SettingsError(f"folds (-f) must be fold numbers or names such as 'all', got {fold!r}")
+    names = [str(int(f)) if str(f).isdigit() else str(f) for f in folds]
+    if len(set(names)) != len(names):
+        raise SettingsError(f"folds (-f) lists a fold twice: {', '.join(str(f) for f in folds)}")
 
 
 @dataclass(frozen=True)
@@ -132,20 +221,18 @@ class ScaleSettings:
     max_retries: int = 2
 
     def __post_init__(self) -> None:
-        from segtrt.errors import SegtrtError
-
         if self.devices and self.ray_address is not None:
-            raise SegtrtError("--devices and --ray exclude each other: Ray places its actors on the GPUs itself")
+            raise SettingsError("--devices and --ray exclude each other: Ray places its actors on the GPUs itself")
         if self.ray_workers is not None and self.ray_workers < 1:
-            raise SegtrtError(f"--ray-workers must be at least 1, got {self.ray_workers}")
+            raise SettingsError(f"--ray-workers must be at least 1, got {self.ray_workers}")
         if self.actors_per_gpu < 1:
-            raise SegtrtError(f"--ray-actors-per-gpu must be at least 1, got {self.actors_per_gpu}")
+            raise SettingsError(f"--ray-actors-per-gpu must be at least 1, got {self.actors_per_gpu}")
         if self.max_retries < 0:
-            raise SegtrtError(f"--retries must be 0 or more, got {self.max_retries}")
+            raise SettingsError(f"--retries must be 0 or more, got {self.max_retries}")
         if self.ray_cpu_only and self.ray_workers is None:
-            raise SegtrtError("--ray-cpu-only needs --ray-workers N (how many CPU actors to start)")
+            raise SettingsError("--ray-cpu-only needs --ray-workers N (how many CPU actors to start)")
         if (self.ray_cpu_only or self.ray_workers is not None or self.actors_per_gpu != 1) and self.ray_address is None:
-            raise SegtrtError("--ray-workers, --ray-cpu-only and --ray-actors-per-gpu apply with --ray only")
+            raise SettingsError("--ray-workers, --ray-cpu-only and --ray-actors-per-gpu apply with --ray only")
 
     @property
     def spread(self) -> bool:

@@ -11,6 +11,15 @@ class SegtrtError(Exception):
     """A problem the user can fix; the message is shown as-is, without a traceback."""
 
 
+class SettingsError(SegtrtError):
+    """A setting (a PredictSettings field, a command-line option) has a value outside what it accepts."""
+
+
+class OutputPathError(SegtrtError):
+    """An output path cannot be written: it is a file where a folder is needed (or the reverse), or the
+    folder is not writable."""
+
+
 class ModelFolderError(SegtrtError):
     """The nnU-Net model folder is missing files, or they do not have the expected content."""
 
@@ -21,6 +30,10 @@ class UntrustedCheckpointError(ModelFolderError):
 
 class InputImageError(SegtrtError):
     """An input image cannot be read, or does not fit the model (channels, dimensions)."""
+
+
+class NonFiniteError(SegtrtError):
+    """An image, or the logits/probabilities computed from it, holds NaN or infinite values."""
 
 
 class BackendUnavailableError(SegtrtError):

@@ -17,7 +17,8 @@ import torch
 
 from segtrt import __version__
 from segtrt.config import PredictSettings, cache_dir
-from segtrt.engine.cache import file_lock
+from segtrt.errors import SegtrtError
+from segtrt.io.locking import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,23 @@ def export_key(identity: str, fold: str, options: dict) -> str:
     body = {"identity": identity, "fold": str(fold), "options": options,
             "segtrt": __version__, "torch": torch.__version__}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def usable_export(path: Path, identity: str, fold: str) -> bool:
+    """True when the cached ``path`` is a readable ONNX file exported from this model's fold; a corrupt
+    or foreign file is logged and False (the caller exports it again in its place)."""
+    from segtrt.onnx_metadata import read_metadata
+
+    try:
+        meta = read_metadata(path)
+    except SegtrtError as error:
+        log.warning("cached ONNX %s is unusable, exporting it again: %s", path, error)
+        return False
+    if meta.get("model_identity") != identity or str(meta.get("fold")) != str(fold):
+        log.warning("cached ONNX %s belongs to model %s fold %s, not to this one; exporting it again", path,
+                    meta.get("model_identity"), meta.get("fold"))
+        return False
+    return True
 
 
 def cached_exports(model, settings: PredictSettings, root: Path | None = None) -> list[Path]:
@@ -40,7 +58,7 @@ def cached_exports(model, settings: PredictSettings, root: Path | None = None) -
     for fold, network in zip(folder.folds, model.networks):
         path = root / f"{export_key(model.identity, fold, options)}.onnx"
         with file_lock(path.with_suffix(".lock")):
-            if path.exists():
+            if path.exists() and usable_export(path, model.identity, fold):
                 log.info("fold %s: reusing cached ONNX %s", fold, path)
             else:
                 log.info("fold %s: exporting %s ONNX to %s (first use)", fold, settings.precision, path)

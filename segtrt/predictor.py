@@ -6,6 +6,7 @@ channels first in array order (C, Z, Y, X) with spacing (z, y, x) in mm, as read
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -16,14 +17,15 @@ import numpy as np
 import torch
 
 from segtrt.config import PredictSettings
-from segtrt.errors import DeviceMemoryError, InputImageError
+from segtrt.errors import DeviceMemoryError, InputImageError, NonFiniteError
 from segtrt.io import Case, Geometry, read_image, write_probabilities, write_segmentation
+from segtrt.io.nonfinite import apply_nonfinite_policy
 from segtrt.nnunet import ModelFolder
 from segtrt.postprocess import logits_to_probabilities, logits_to_segmentation
 from segtrt.preprocess import PreprocessPlan, preprocess
 from segtrt.runners.base import Runner
 from segtrt.sliding import SlidingWindowOptions, sliding_window_logits, streamed_window_logits
-from segtrt.streaming import StreamChoice, check_stream_mode, choose_streaming, padded_shape
+from segtrt.streaming import StreamChoice, choose_streaming, padded_shape
 from segtrt.timing import StageTimer
 from segtrt.transfer import Uploader
 
@@ -44,6 +46,7 @@ class Prediction:
     seconds: dict[str, float] = field(default_factory=dict)
     windows: int = 0
     aggregation: StreamChoice | None = None
+    replaced_nonfinite: int = 0
 
 
 @dataclass
@@ -56,6 +59,8 @@ class CaseResult:
     seconds: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     aggregation: StreamChoice | None = None
+    #: NaN/Inf input voxels set to 0 (only with ``nonfinite="zero"``; otherwise such a case fails).
+    replaced_nonfinite: int = 0
 
     @property
     def ok(self) -> bool:
@@ -78,8 +83,8 @@ class Predictor:
         self.settings = settings
         self.device = device
         self.plan = PreprocessPlan.from_nnunet(folder.plans, folder.configuration)
-        check_stream_mode(settings.stream)
         self.uploader = Uploader(device)
+        self._active = contextlib.ExitStack()
         self._startup: dict[str, float] = {}
         self.options = SlidingWindowOptions(
             patch_size=tuple(int(p) for p in folder.patch_size),
@@ -101,18 +106,24 @@ class Predictor:
         self.close()
 
     def activate(self) -> "Predictor":
-        """Activate every runner (network to the device, engine load); safe to call twice."""
+        """Activate every runner (network to the device, engine load); safe to call twice. If one fails,
+        the ones activated before it are deactivated again (in reverse order) before the error propagates."""
         start = time.perf_counter()
-        for runner in self.runners:
-            runner.activate()
+        with contextlib.ExitStack() as stack:
+            for runner in self.runners:
+                runner.activate()
+                stack.callback(runner.deactivate)
+            self._active = stack.pop_all()
         self._startup["activate_seconds"] = round(time.perf_counter() - start, 3)
         return self
 
     def close(self) -> None:
-        """Deactivate the runners that are active and release the upload buffer."""
-        for runner in self.runners:
-            runner.deactivate()
-        self.uploader.release()
+        """Deactivate the runners in reverse order of activation (each restores what it changed, e.g.
+        cudnn.benchmark, so the process-wide state ends as it was before the first), free the upload buffer."""
+        try:
+            self._active.close()
+        finally:
+            self.uploader.release()
 
     def startup_seconds(self) -> dict[str, float]:
         """Seconds of runner activation, paid once per process (a compiled network compiles, or loads its
@@ -122,13 +133,21 @@ class Predictor:
     def predict_image(
         self, image: np.ndarray, spacing: Sequence[float], progress: Callable[[int, int], None] | None = None
     ) -> Prediction:
-        """Segment one image: (C, Z, Y, X) float32 array, spacing (z, y, x) mm."""
-        self._check_channels(image.shape[0])
+        """Segment one image: (C, Z, Y, X) float32 array, spacing (z, y, x) mm.
+
+        NaN/Inf voxels raise NonFiniteError, or are set to 0 in a copy with ``settings.nonfinite ==
+        "zero"`` (counted in ``Prediction.replaced_nonfinite``). Logits and probabilities are checked
+        finite before they are returned (NonFiniteError otherwise), so nothing non-finite is written.
+        """
+        self._check_image(image, spacing)
+        image, replaced = apply_nonfinite_policy(image, self.settings.nonfinite)
         try:
             with torch.inference_mode():
-                return self._predict_image(image, spacing, progress)
+                prediction = self._predict_image(image, spacing, progress)
         except torch.OutOfMemoryError as exc:
             raise DeviceMemoryError(self._out_of_memory_advice(image.shape)) from exc
+        prediction.replaced_nonfinite = replaced
+        return prediction
 
     def _out_of_memory_advice(self, shape: Sequence[int]) -> str:
         """One line for a case that ran out of device memory: what it was, and the settings that use less."""
@@ -155,6 +174,7 @@ class Predictor:
             del tensor
         with timer.stage("network"):
             logits, aggregation = self._sliding_window(pre.data, progress)
+            _check_finite(logits, "logits", self._accumulate_hint())
         with timer.stage("export"):
             # streamed logits live on the host: export fetches a few channels at a time to the device
             regions = self.folder.regions_class_order
@@ -162,6 +182,7 @@ class Predictor:
             probabilities = None
             if self.settings.save_probabilities:
                 probs = logits_to_probabilities(logits, pre, self.plan, regions, device=self.device)
+                _check_finite(probs, "probabilities", "")
                 probabilities = probs.float().cpu().numpy()
         return Prediction(labels, probabilities, timer.seconds, aggregation=aggregation)
 
@@ -203,20 +224,46 @@ class Predictor:
         Host only, so it may run on another thread; each file is written atomically (segtrt.io.writers).
         """
         start = time.perf_counter()
-        result = CaseResult(case.case_id, seconds=dict(prediction.seconds), aggregation=prediction.aggregation)
+        result = CaseResult(case.case_id, seconds=dict(prediction.seconds), aggregation=prediction.aggregation,
+                            replaced_nonfinite=prediction.replaced_nonfinite)
         result.output = write_segmentation(output_dir / f"{case.case_id}.nii.gz", prediction.labels, geometry)
         if prediction.probabilities is not None:
             result.probabilities = write_probabilities(output_dir / f"{case.case_id}.npz", prediction.probabilities)
         result.seconds["write"] = time.perf_counter() - start
         return result
 
-    def _check_channels(self, received: int) -> None:
+    def _check_image(self, image: np.ndarray, spacing: Sequence[float]) -> None:
+        """InputImageError unless ``image`` is (C, Z, Y, X) real-valued with the model's C, every axis
+        non-empty, and ``spacing`` three positive finite mm values."""
+        if image.ndim != 4 or 0 in image.shape:
+            raise InputImageError(f"the image array has shape {tuple(image.shape)}; expected (C, Z, Y, X) with "
+                                  "at least one voxel per axis")
+        if np.iscomplexobj(image) or not (np.issubdtype(image.dtype, np.number) or image.dtype == np.bool_):
+            raise InputImageError(f"the image array has dtype {image.dtype}; expected real intensities")
+        values = [float(s) for s in spacing]
+        if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
+            raise InputImageError(f"the spacing {tuple(spacing)} is not three positive (z, y, x) mm values")
         expected = self.folder.num_input_channels
-        if received != expected:
+        if image.shape[0] != expected:
             names = ", ".join(self.folder.channel_names)
             raise InputImageError(
-                f"the model expects {expected} input channel(s) ({names}), got {received}"
+                f"the model expects {expected} input channel(s) ({names}), got {image.shape[0]}"
             )
+
+    def _accumulate_hint(self) -> str:
+        if self.options.accumulate_dtype == torch.float16:
+            return " (the float16 accumulator overflowed? try --accumulate float32)"
+        return " (the network produced them: check the model and --precision)"
+
+
+def _check_finite(values: torch.Tensor, what: str, hint: str) -> None:
+    """NonFiniteError when ``values`` (K, ...) on the device or the host hold NaN or Inf: never write them.
+
+    One class at a time, so the check needs a boolean mask of one class, not of all of them.
+    """
+    bad = sum(int((~torch.isfinite(channel)).sum()) for channel in values if not bool(torch.isfinite(channel).all()))
+    if bad:
+        raise NonFiniteError(f"{bad} of {values.numel()} {what} are NaN or infinite{hint}; nothing was written")
 
 
 def _smallest(values) -> int | None:

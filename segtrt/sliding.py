@@ -113,16 +113,18 @@ class _Tiling:
     def add_group(self, group: list[Window], acc: LogitAccumulator) -> None:
         """Predict the windows of ``group`` with every network (and flip) and add them to ``acc``.
 
-        Each call's output goes into the accumulator before the next call, scaled by 1 / flips, so
-        device memory holds one call's output and one flipped patch, never a per-group sum.
+        Each call's output goes into the accumulator before the next call, scaled by
+        1 / (flips x networks), and each window's weight is added once: the sums hold the average over
+        networks and flips, never their total, so a float16 accumulator over several folds stays as far
+        from overflow as with one. Device memory holds one call's output and one flipped patch.
         """
         patches = torch.stack([self.padded[(slice(None), *w.to_slices())] for w in group])
-        scale = 1.0 / len(self.flips)
+        scale = 1.0 / (len(self.flips) * len(self.predictors))
         for predict in self.predictors:
             for index, axes, logits in _mirrored_outputs(predict, patches, self.flips, self.options):
                 acc.add_logits(group[index], logits, scale, axes)
-            for window in group:
-                acc.add_weight(window)
+        for window in group:
+            acc.add_weight(window)
         if self.progress is not None:
             self.progress(len(group), len(self.windows))
 

@@ -15,10 +15,10 @@ from typing import Sequence
 import torch
 
 from segtrt.aggregate import SlabAccumulator
-from segtrt.errors import SegtrtError
+from segtrt.config import STREAM_MODES
+from segtrt.errors import SettingsError
 from segtrt.windows import padding_for
 
-STREAM_MODES = ("auto", "on", "off")
 
 #: ``stream="auto"`` streams on CUDA when the whole-volume accumulators would exceed this many bytes.
 AUTO_STREAM_BYTES = 4 << 30
@@ -42,9 +42,9 @@ class StreamChoice:
 
 
 def check_stream_mode(mode: str) -> None:
-    """Raise a SegtrtError unless ``mode`` is one of :data:`STREAM_MODES`."""
+    """Raise a SettingsError unless ``mode`` is one of :data:`segtrt.config.STREAM_MODES`."""
     if mode not in STREAM_MODES:
-        raise SegtrtError(f"stream must be one of {', '.join(STREAM_MODES)}, got {mode!r}")
+        raise SettingsError(f"stream (--stream) must be one of {', '.join(STREAM_MODES)}, got {mode!r}")
 
 
 def padded_shape(shape: Sequence[int], patch_size: Sequence[int]) -> tuple[int, ...]:

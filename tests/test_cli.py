@@ -97,3 +97,41 @@ def test_console_script_end_to_end(tmp_path):
     bad = subprocess.run([*cmd, "predict", str(tmp_path / "nope.nii.gz"), "-o", str(tmp_path / "o2")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_help_does_not_import_torch():
+    code = ("import contextlib, io, sys\nfrom segtrt.cli import main\n"
+            "for argv in ([], ['predict'], ['export'], ['verify'], ['build'], ['info']):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+            "        main([*argv, '--help'])\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("argv", [["-q", "predict", "x.nii.gz", "-o", "o"], ["predict", "x.nii.gz", "-o", "o", "-q"]])
+def test_quiet_and_verbose_before_or_after_the_command(argv):
+    from segtrt.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert args.quiet is True and args.verbose is False
+    args = build_parser().parse_args([a.replace("-q", "-v") for a in argv])
+    assert args.verbose is True and args.quiet is False
+    plain = build_parser().parse_args(["predict", "x.nii.gz", "-o", "o"])
+    assert plain.verbose is False and plain.quiet is False
+
+
+def test_predict_defaults_come_from_predict_settings():
+    from dataclasses import fields
+
+    from segtrt.cli import build_parser
+    from segtrt.config import PredictSettings
+
+    args = build_parser().parse_args(["predict", "x.nii.gz", "-o", "o"])
+    defaults = {f.name: f.default for f in fields(PredictSettings)}
+    assert (args.step_size, args.batch_size, args.device, args.backend, args.precision, args.stream, args.compile,
+            args.accumulate, args.nonfinite, args.checkpoint) == (
+        defaults["step_size"], defaults["batch_size"], defaults["device"], defaults["backend"],
+        defaults["precision"], defaults["stream"], defaults["compile"], defaults["accumulate_dtype"],
+        defaults["nonfinite"], defaults["checkpoint_name"])

@@ -22,10 +22,9 @@ import pytest
 import torch
 from torch import nn
 
-onnx = pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxscript")
-
+import onnx
+import onnxruntime  # noqa: F401  (a test dependency: missing = failure)
+import onnxscript  # noqa: F401  (a test dependency: missing = failure)
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet  # noqa: E402
 
 from segtrt.errors import ExportError  # noqa: E402

@@ -47,10 +47,10 @@ def _plans(target_spacing, transpose, resampling) -> dict:
 
 def _nnunet() -> SimpleNamespace:
     """nnunetv2's export, preprocessor and label/plans managers; skips the test without nnunetv2."""
-    export = pytest.importorskip("nnunetv2.inference.export_prediction")
-    preprocessing = pytest.importorskip("nnunetv2.preprocessing.preprocessors.default_preprocessor")
-    labels = pytest.importorskip("nnunetv2.utilities.label_handling.label_handling")
-    plans = pytest.importorskip("nnunetv2.utilities.plans_handling.plans_handler")
+    from nnunetv2.inference import export_prediction as export
+    from nnunetv2.preprocessing.preprocessors import default_preprocessor as preprocessing
+    from nnunetv2.utilities.label_handling import label_handling as labels
+    from nnunetv2.utilities.plans_handling import plans_handler as plans
     return SimpleNamespace(convert=export.convert_predicted_logits_to_segmentation_with_correct_shape,
                            DefaultPreprocessor=preprocessing.DefaultPreprocessor,
                            LabelManager=labels.LabelManager, PlansManager=plans.PlansManager)

@@ -12,11 +12,12 @@ import torch
 
 from segtrt.cli import build_parser
 from segtrt.config import DEFAULT_MODEL_DIR, PredictSettings
-from segtrt.errors import DeviceMemoryError, SegtrtError
+from segtrt.errors import BackendUnavailableError, DeviceMemoryError, NonFiniteError, SegtrtError
 from segtrt.nnunet import load_model
 from segtrt.io import Case
 from segtrt.predictor import CaseResult, Prediction, Predictor
 from segtrt.batch.report import BatchReport, CaseRecord
+from segtrt.runners.base import Runner
 from segtrt.runners.torch_runner import TorchRunner
 from segtrt.streaming import StreamChoice
 
@@ -63,7 +64,7 @@ def test_streamed_labels_match_whole_volume_on_the_sample(sample_model, tall_ct)
 
 
 def test_unknown_stream_mode_is_refused(sample_model):
-    with pytest.raises(SegtrtError, match="stream must be one of auto, on, off"):
+    with pytest.raises(SegtrtError, match=r"stream \(--stream\) must be one of auto, on, off, got 'always'"):
         _predictor(sample_model, stream="always")
 
 
@@ -112,3 +113,77 @@ def test_out_of_device_memory_is_one_line_with_the_settings_that_use_less(sample
     assert "\n" not in message and "out of cpu memory for an image of (1, 38, 101, 122) voxels" in message
     assert message.endswith("try --batch-size 2, --stream on, --accumulate float16")
     assert isinstance(caught.value.__cause__, torch.OutOfMemoryError)
+
+
+class _FlagRunner(Runner):
+    """Saves a process-wide flag on activation, sets its own, restores on deactivation (like TorchRunner
+    with cudnn.benchmark); ``fail`` makes activation raise after it changed the flag."""
+
+    name = "flag"
+    flag = "original"
+
+    def __init__(self, value: str, log: list, fail: bool = False) -> None:
+        super().__init__("cpu")
+        self.value, self.log, self.fail, self.saved = value, log, fail, None
+
+    def activate_impl(self) -> None:
+        self.saved, _FlagRunner.flag = _FlagRunner.flag, self.value
+        self.log.append(f"on {self.value}")
+        if self.fail:
+            raise BackendUnavailableError(f"{self.value} cannot start")
+
+    def deactivate_impl(self) -> None:
+        if self.saved is not None:
+            _FlagRunner.flag, self.saved = self.saved, None
+            self.log.append(f"off {self.value}")
+
+    def infer_impl(self, batch):
+        return batch
+
+
+def test_several_runners_restore_process_state_in_reverse_order(sample_model):
+    log: list = []
+    runners = [_FlagRunner("a", log), _FlagRunner("b", log)]
+    with Predictor(sample_model.folder, runners, PredictSettings(device="cpu"), (), CPU):
+        assert _FlagRunner.flag == "b"
+    assert _FlagRunner.flag == "original" and log == ["on a", "on b", "off b", "off a"]
+
+
+def test_runners_activated_before_a_failing_one_are_deactivated(sample_model):
+    log: list = []
+    runners = [_FlagRunner("a", log), _FlagRunner("b", log, fail=True), _FlagRunner("c", log)]
+    with pytest.raises(BackendUnavailableError, match="b cannot start"):
+        with Predictor(sample_model.folder, runners, PredictSettings(device="cpu"), (), CPU):
+            pass
+    assert log == ["on a", "on b", "off b", "off a"] and _FlagRunner.flag == "original"
+    assert not any(r.is_active for r in runners)
+
+
+class _NaNRunner(_FlagRunner):
+    def infer_impl(self, batch):
+        out = torch.zeros((batch.shape[0], 5, *batch.shape[2:]))
+        out[:, :, 16, 50, 60] = float("nan")  # inside the image, not in the padding
+        return out
+
+
+def test_nonfinite_logits_are_refused_before_anything_is_written(sample_model, tmp_path):
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE_CT))).astype(np.float32)[None]
+    with Predictor(sample_model.folder, [_NaNRunner("nan", [])], PredictSettings(device="cpu", mirror=False), (),
+                   CPU) as predictor:
+        with pytest.raises(NonFiniteError, match=r"of .* logits are NaN or infinite.*nothing was written"):
+            predictor.predict_image(ct, (3.0, 3.0, 3.0))
+
+
+def test_fold_average_in_float16_does_not_overflow(sample_model):
+    # five "folds" whose logits are each 6000 (max float16 65504): summed, 5 x 6000 x importance(10)
+    # would overflow; averaged per call they stay at 6000 x importance
+    class Big(_FlagRunner):
+        def infer_impl(self, batch):
+            return torch.full((batch.shape[0], 5, *batch.shape[2:]), 6000.0)
+
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE_CT))).astype(np.float32)[None]
+    settings = PredictSettings(device="cpu", mirror=False, accumulate_dtype="float16")
+    with Predictor(sample_model.folder, [Big(str(i), []) for i in range(5)], settings, (), CPU) as predictor:
+        prediction = predictor.predict_image(ct, (3.0, 3.0, 3.0))
+    # one window covers the sample CT (weights <= 10): averaged logits 6000 x 10 < 65504; summed they were inf
+    assert prediction.labels.shape == ct.shape[1:] and not prediction.labels.any()

@@ -64,8 +64,8 @@ def boxed_image(channels: int, shape, box, seed: int = 0) -> np.ndarray:
 
 def nnunet_preprocessor(plans: dict):
     """(nnU-Net's DefaultPreprocessor, PlansManager for ``plans``); skips the test without nnunetv2."""
-    module = pytest.importorskip("nnunetv2.preprocessing.preprocessors.default_preprocessor")
-    plans_handler = pytest.importorskip("nnunetv2.utilities.plans_handling.plans_handler")
+    from nnunetv2.preprocessing.preprocessors import default_preprocessor as module
+    from nnunetv2.utilities.plans_handling import plans_handler
     return module.DefaultPreprocessor(verbose=False), plans_handler.PlansManager(copy.deepcopy(plans))
 
 
@@ -121,7 +121,7 @@ def test_2d_configuration_keeps_first_axis_spacing():
 
 def test_run_case_from_nifti_files(tmp_path):
     """End to end: nnU-Net's run_case reads the files itself; segtrt gets the same arrays."""
-    sitk = pytest.importorskip("SimpleITK")
+    import SimpleITK as sitk
     spacing_xyz = (0.9, 0.8, 2.5)
     image = boxed_image(2, (7, 12, 10), ((1, 6), (2, 11), (1, 9)), seed=2)
     files = []
@@ -168,7 +168,7 @@ def test_fill_holes_matches_scipy(name, mask):
 
 @pytest.mark.parametrize("box", [((2, 5), (0, 7), (3, 4)), ((0, 6), (0, 7), (0, 8)), None])
 def test_nonzero_bbox_matches_acvl(box):
-    bounding_boxes = pytest.importorskip("acvl_utils.cropping_and_padding.bounding_boxes")
+    from acvl_utils.cropping_and_padding import bounding_boxes
     mask = np.zeros((6, 7, 8), bool)
     if box is not None:
         mask[tuple(slice(a, b) for a, b in box)] = np.random.default_rng(0).random(

@@ -41,8 +41,8 @@ CASES = {
 @pytest.fixture(scope="module")
 def nnunet() -> SimpleNamespace:
     """nnunetv2's resampling functions, the reference; tests that use them skip where it is absent."""
-    default = pytest.importorskip("nnunetv2.preprocessing.resampling.default_resampling")
-    torch_based = pytest.importorskip("nnunetv2.preprocessing.resampling.resample_torch")
+    from nnunetv2.preprocessing.resampling import default_resampling as default
+    from nnunetv2.preprocessing.resampling import resample_torch as torch_based
     return SimpleNamespace(compute_new_shape=default.compute_new_shape,
                            determine_do_sep_z_and_axis=default.determine_do_sep_z_and_axis,
                            resample_data_or_seg_to_shape=default.resample_data_or_seg_to_shape,

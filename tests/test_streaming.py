@@ -117,7 +117,7 @@ def test_auto_threshold_is_strictly_greater():
 
 
 def test_unknown_mode_is_a_user_error():
-    with pytest.raises(SegtrtError, match="stream must be one of auto, on, off, got 'yes'"):
+    with pytest.raises(SegtrtError, match=r"stream \(--stream\) must be one of auto, on, off, got 'yes'"):
         choose_streaming("yes", 2, (8, 8, 8), torch.float32, torch.device("cpu"))
 
 

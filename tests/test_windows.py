@@ -13,9 +13,7 @@ from segtrt.windows import (
     padding_for,
 )
 
-sw = pytest.importorskip("nnunetv2.inference.sliding_window_prediction", reason="nnunetv2 is the reference")
-
-
+from nnunetv2.inference import sliding_window_prediction as sw
 @pytest.mark.parametrize("image_size", [(32, 32, 32), (33, 70, 41), (128, 161, 97), (300, 512, 512)])
 @pytest.mark.parametrize("step", [0.5, 0.33, 0.75, 1.0])
 def test_steps_match_nnunet(image_size, step):

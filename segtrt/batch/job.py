@@ -302,7 +302,13 @@ class CaseWriter:
         seconds["write"] = time.perf_counter() - start
         return CaseRecord(case.case_id, "done", output=output, outputs=outputs, probabilities=probabilities,
                           seconds=seconds, inputs=previous.inputs, aggregation=prediction.aggregation,
-                          statistics=extra.statistics, warnings=list(extra.warnings))
+                          statistics=extra.statistics, warnings=list(extra.warnings) + _nonfinite_warning(prediction))
+
+
+def _nonfinite_warning(prediction: Prediction) -> list[str]:
+    """The report's record of NaN/Inf input voxels set to 0 (``--nonfinite zero``; otherwise the case fails)."""
+    count = prediction.replaced_nonfinite
+    return [f"{count} NaN/Inf input voxel(s) set to 0 (--nonfinite zero)"] if count else []
 
 
 def _write_batch_outputs(report: BatchReport, options: OutputOptions) -> None:

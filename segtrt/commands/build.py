@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from segtrt.commands import build_compiled
-from segtrt.engine.build import BuildOptions
-from segtrt.engine.cache import CPU_BUILD_TARGET, CachedEngine, get_or_build
+
+if TYPE_CHECKING:
+    from segtrt.engine.cache import CachedEngine
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if Path(args.onnx).is_dir():
         return build_compiled.run_model_folder(args)
+    from segtrt.engine.build import BuildOptions
+    from segtrt.engine.cache import get_or_build
+
     options = BuildOptions(
         min_batch=args.min_batch,
         opt_batch=args.opt_batch,
@@ -59,8 +64,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def summary(engine: CachedEngine) -> str:
+def summary(engine: "CachedEngine") -> str:
     """Lines describing a freshly built engine, for the terminal."""
+    from segtrt.engine.cache import CPU_BUILD_TARGET
+
     meta = engine.metadata
     fields = meta.fields
     lines = [

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from segtrt.config import AHEAD_OF_TIME, CHANNELS_LAST, COMPILE_MODES, PRECISIONS, PredictSettings
 from segtrt.errors import SegtrtError
 
@@ -34,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_model_folder(args: argparse.Namespace) -> int:
     """Compile every requested fold; prints one line per fold (path, cold or warm, seconds)."""
+    import torch
+
     from segtrt.backends import torch_runner
     from segtrt.devices import resolve_device
     from segtrt.nnunet import load_model

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from segtrt.config import DEFAULT_MODEL_DIR, PRECISIONS
-from segtrt.export import ExportResult, export_model_folder
+
+if TYPE_CHECKING:
+    from segtrt.export import ExportResult
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from segtrt.export import export_model_folder
+
     results = export_model_folder(
         args.model,
         args.output,
@@ -66,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe(result: ExportResult) -> str:
+def describe(result: "ExportResult") -> str:
     """A few lines about one exported file, for the terminal."""
     meta = result.metadata
     lines = [

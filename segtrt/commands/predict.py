@@ -11,8 +11,19 @@ import logging
 import sys
 from pathlib import Path
 
-from segtrt.config import (BACKENDS, COMPILE_MODES, DEFAULT_MODEL_DIR, PRECISIONS, BatchSettings, PredictSettings,
-                           ScaleSettings)
+from segtrt.config import (
+    ACCUMULATE_DTYPES,
+    BACKENDS,
+    CHANNELS_LAST,
+    COMPILE_MODES,
+    DEFAULT_MODEL_DIR,
+    NONFINITE_POLICIES,
+    PRECISIONS,
+    STREAM_MODES,
+    BatchSettings,
+    PredictSettings,
+    ScaleSettings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,24 +63,31 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     d = PredictSettings()
     p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: all present)")
     p.add_argument("-c", "--configuration", default=None, help="configuration, e.g. 3d_fullres (default: the checkpoint's)")
-    p.add_argument("--checkpoint", default=d.checkpoint_name, help="checkpoint file name in fold_K/")
-    p.add_argument("--device", default=d.device, help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
-    p.add_argument("--backend", default=d.backend, choices=BACKENDS)
-    p.add_argument("--precision", default=d.precision, choices=PRECISIONS)
-    p.add_argument("--step-size", type=float, default=d.step_size, help="window step as a fraction of the patch (0, 1]")
+    p.add_argument("--checkpoint", default=d.checkpoint_name, help="checkpoint file name in fold_K/ (default: %(default)s)")
+    p.add_argument("--device", default=d.device,
+                   help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--backend", default=d.backend, choices=BACKENDS, help="(default: %(default)s)")
+    p.add_argument("--precision", default=d.precision, choices=PRECISIONS, help="(default: %(default)s)")
+    p.add_argument("--step-size", type=float, default=d.step_size,
+                   help="window step as a fraction of the patch, in (0, 1] (default: %(default)s)")
     p.add_argument("--no-tta", action="store_true", help="disable test-time mirroring")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="patches (and their mirror flips) per forward pass; device memory grows with it")
-    p.add_argument("--accumulate", default=d.accumulate_dtype, choices=("float32", "float16"),
-                   help="dtype of the logit accumulator on the device")
-    p.add_argument("--stream", default=d.stream, choices=("auto", "on", "off"),
+                   help="patches (and their mirror flips) per forward pass, >= 1; device memory grows with it "
+                        "(default: %(default)s)")
+    p.add_argument("--accumulate", default=d.accumulate_dtype, choices=ACCUMULATE_DTYPES,
+                   help="dtype of the logit accumulator on the device (default: %(default)s)")
+    p.add_argument("--stream", default=d.stream, choices=STREAM_MODES,
                    help="z-streamed aggregation: only a patch-tall slab of logits stays on the device and finished "
                         "slices go to host memory as float16 (auto: on CUDA when whole-volume accumulators exceed 4 GiB)")
     p.add_argument("--compile", default=d.compile, choices=tuple(COMPILE_MODES),
-                   help="torch backend: compile the network (kernels cached on disk; the first run compiles)")
+                   help="torch backend: compile the network (kernels cached on disk; the first run compiles) "
+                        "(default: %(default)s)")
     p.add_argument("--cuda-graph", action="store_true", help="torch backend: replay the network from CUDA graphs")
-    p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
+    p.add_argument("--channels-last", default=d.channels_last, choices=tuple(CHANNELS_LAST),
                    help="torch backend: weights and patches in channels_last_3d (auto: when compiling on CUDA)")
+    p.add_argument("--nonfinite", default=d.nonfinite, choices=NONFINITE_POLICIES,
+                   help="NaN/Inf voxels in an input: error refuses the case (saying how many and where), zero "
+                        "replaces them by 0 and records it in the report (default: %(default)s)")
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz probabilities")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load checkpoints holding Python objects outside nnU-Net's allow-list (runs pickled code)")
@@ -134,7 +152,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[PredictSettings, Batch
         backend=args.backend, folds=tuple(args.folds) if args.folds else None, configuration=args.configuration,
         checkpoint_name=args.checkpoint, trust_checkpoint=args.trust_checkpoint, compile=args.compile,
         cuda_graph=args.cuda_graph, stream=args.stream, overlap_io=not args.no_overlap_io,
-        channels_last=args.channels_last,
+        channels_last=args.channels_last, nonfinite=args.nonfinite,
     )
     batch = BatchSettings(
         recursive=args.recursive, overwrite=args.overwrite, io_workers=args.io_workers, modality=args.modality,
@@ -148,7 +166,10 @@ def run(args: argparse.Namespace) -> int:
     from segtrt.commands.progress import BatchProgress, print_summary
     from segtrt.outputs import output_options_from_args
 
+    from segtrt.io.writers import check_output_folder
+
     settings, batch = settings_from_args(args)
+    check_output_folder(args.output)
     scale = scale_from_args(args)
     outputs = output_options_from_args(args)
     model = args.model

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
-import secrets
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 from segtrt.engine.flavors import Flavor, load_flavor
 from segtrt.engine.inspect import IOSpec, dtype_name, network_io_specs
 from segtrt.errors import EngineError
+from segtrt.io.writers import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +146,7 @@ def build_from_options(onnx_path: str | Path, options: BuildOptions) -> BuildRes
         reason = "; ".join(" ".join(m.split()) for m in logger.errors[-3:]) or "no reason given"
         raise EngineError(f"{flavor.label} could not build an engine from {path}: {reason}")
     if use_cache:
-        write_atomic(options.timing_cache, bytes(config.get_timing_cache().serialize()))
+        atomic_write_bytes(options.timing_cache, bytes(config.get_timing_cache().serialize()))
     log.info("built %s in %.2f s (%d bytes)", path.name, seconds, plan.nbytes)
     return BuildResult(
         plan=bytes(plan),
@@ -259,19 +258,3 @@ def conv_dtypes(network: Any, flavor: Flavor) -> dict[str, int]:
         if layer.type in kinds:
             counts[dtype_name(layer.get_output(0).dtype)] += 1
     return dict(counts)
-
-
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, then ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as handle:  # "x": never clobbers; permissions follow the umask
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

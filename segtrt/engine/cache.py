@@ -15,23 +15,23 @@ second waits, then reuses the first one's plan.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from segtrt import config
-from segtrt.engine.build import BuildOptions, BuildResult, build_from_options, write_atomic
+from segtrt.engine.build import BuildOptions, BuildResult, build_from_options
 from segtrt.engine.flavors import load_flavor
 from segtrt.engine.inspect import IOSpec
+from segtrt.io.locking import file_lock
 from segtrt.errors import BackendUnavailableError, EngineError
+from segtrt.io.writers import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,13 @@ def external_data_files(onnx_path: Path) -> list[str]:
         raise BackendUnavailableError(
             "the engine cache reads the ONNX file with the onnx package; install it: pip install 'segtrt[onnx]'"
         ) from exc
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as error:  # protobuf's DecodeError, and others for truncated or foreign files
+        raise EngineError(
+            f"{onnx_path} is not a readable ONNX model ({type(error).__name__}: {error}); "
+            "expected an ONNX file written by segtrt export"
+        ) from None
     locations = set()
     for tensor in model.graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
@@ -183,8 +189,11 @@ def get_or_build(
     """The engine for ``onnx_path``: reused when its metadata matches, else built (under a lock).
 
     cache_dir: defaults to ``segtrt.config.cache_dir() / "engines"``. engine_path: a chosen plan file
-    instead of the keyed cache entry. target: defaults to ``current_target()``. An existing plan whose
-    metadata names another model, TensorRT or GPU, or is missing, raises EngineError unless ``rebuild``.
+    instead of the keyed cache entry. target: defaults to ``current_target()``.
+
+    A cache entry that is corrupt (unreadable metadata, checksum mismatch) or foreign (metadata for
+    another model, TensorRT or GPU) is rebuilt in place, with a warning. At a chosen ``engine_path`` such
+    a plan is the user's file: EngineError naming it (delete it, or pass ``rebuild``), never overwritten.
     """
     options = options or BuildOptions()
     flavor = load_flavor(options.flavor)
@@ -192,17 +201,29 @@ def get_or_build(
     target = target or current_target()
     fields = key_fields(sha256_onnx(onnx_path), flavor.name, flavor.version, target, options)
     key = cache_key(fields)
+    keyed = engine_path is None
     if engine_path is None:
         engine_path = Path(cache_dir or config.cache_dir() / "engines") / f"{key}.engine"
     plan_path = Path(engine_path)
-    if not rebuild and (cached := reuse(plan_path, fields)) is not None:
+    if not rebuild and (cached := reuse_or_rebuild(plan_path, fields, keyed)) is not None:
         return cached
     with file_lock(plan_path.with_name(plan_path.name + ".lock")):
-        if not rebuild and (cached := reuse(plan_path, fields)) is not None:
+        if not rebuild and (cached := reuse_or_rebuild(plan_path, fields, keyed)) is not None:
             return cached
         result = build_from_options(onnx_path, options)
         metadata = save_engine(plan_path, result, fields, onnx_path)
     return CachedEngine(plan_path, metadata, hit=False, build=result.with_path(plan_path))
+
+
+def reuse_or_rebuild(plan_path: Path, fields: dict, keyed: bool) -> CachedEngine | None:
+    """:func:`reuse`, except that an unusable keyed cache entry means "build it again" (None), logged."""
+    try:
+        return reuse(plan_path, fields)
+    except EngineError as error:
+        if not keyed:
+            raise
+        log.warning("cached engine %s is unusable, rebuilding it: %s", plan_path, error)
+        return None
 
 
 def reuse(plan_path: Path, fields: dict) -> CachedEngine | None:
@@ -215,7 +236,7 @@ def reuse(plan_path: Path, fields: dict) -> CachedEngine | None:
             f"engine {plan_path} has no metadata file {meta_path.name}, so what it was built for is unknown; "
             "rebuild it (segtrt build, or rebuild=True)"
         )
-    metadata = EngineMetadata.from_json(meta_path.read_text())
+    metadata = _read_metadata_file(plan_path, meta_path)
     check_compatible(plan_path, metadata.fields, fields)
     if hashlib.sha256(plan_path.read_bytes()).hexdigest() != metadata.plan_sha256:
         raise EngineError(
@@ -254,76 +275,22 @@ def save_engine(plan_path: Path, result: BuildResult, fields: dict, onnx_path: s
         onnx_path=str(Path(onnx_path).resolve()),
         created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
-    write_atomic(plan_path, result.plan)
-    write_atomic(metadata_path(plan_path), metadata.to_json().encode())
+    atomic_write_bytes(plan_path, result.plan)
+    atomic_write_bytes(metadata_path(plan_path), metadata.to_json().encode())
     return metadata
 
 
 def read_metadata(plan_path: str | Path) -> EngineMetadata | None:
-    """The metadata beside a plan, or None when there is none."""
+    """The metadata beside a plan, or None when there is none; EngineError when it is unreadable."""
     meta_path = metadata_path(Path(plan_path))
-    return EngineMetadata.from_json(meta_path.read_text()) if meta_path.is_file() else None
+    return _read_metadata_file(Path(plan_path), meta_path) if meta_path.is_file() else None
 
 
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if needed); other processes wait for it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
-        if not _try_lock(handle):
-            log.info("waiting for another process to finish building %s", path.stem)
-            _lock(handle)
-        try:
-            yield
-        finally:
-            _unlock(handle)
-
-
-if os.name == "nt":  # pragma: no cover - Windows workstations
-    import msvcrt
-    import time
-
-    def _try_lock(handle) -> bool:
-        handle.seek(0)
-        try:
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-
-    def _lock(handle) -> None:
-        while not _try_lock(handle):
-            time.sleep(0.2)
-
-    def _unlock(handle) -> None:
-        handle.seek(0)
-        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
-
-else:
-    import fcntl
-
-    def _try_lock(handle) -> bool:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
-
-    def _lock(handle) -> None:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-
-    def _unlock(handle) -> None:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def engine_for_model(model: Any, settings: Any, device: torch.device) -> list[Path]:
-    """One cached plan per fold of a loaded model, for ``--backend tensorrt`` (see segtrt.backends).
-
-    The ONNX files come from ``segtrt.onnx_cache.cached_exports``; the profile spans 1 to
-    ``settings.batch_size`` patches.
-    """
-    from segtrt.onnx_cache import cached_exports
-
-    options = BuildOptions(min_batch=1, opt_batch=settings.batch_size, max_batch=settings.batch_size)
-    target = current_target(device)
-    return [get_or_build(path, options, target=target).plan_path for path in cached_exports(model, settings)]
+def _read_metadata_file(plan_path: Path, meta_path: Path) -> EngineMetadata:
+    try:
+        return EngineMetadata.from_json(meta_path.read_text())
+    except (ValueError, KeyError, TypeError) as error:  # JSON syntax, missing or unexpected fields
+        raise EngineError(
+            f"engine metadata {meta_path} is unreadable ({type(error).__name__}: {error}); delete {plan_path} "
+            "and its .json to rebuild it (segtrt build, or rebuild=True)"
+        ) from None

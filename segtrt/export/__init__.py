@@ -44,14 +44,12 @@ from segtrt.export.api import (
 )
 from segtrt.export.checks import CheckPlan, check_graph, check_numerics, check_plan, op_summary
 from segtrt.export.metadata import (
-    METADATA_PREFIX,
     RESERVED_KEYS,
     build_metadata,
     check_extra_metadata,
-    parse_metadata,
-    read_metadata,
 )
 from segtrt.export.options import AXES, INPUT_NAME, OUTPUT_NAME, PRECISIONS, ExportOptions, network_total_stride
+from segtrt.onnx_metadata import METADATA_PREFIX, parse_metadata, read_metadata
 
 __all__ = [
     "AXES", "INPUT_NAME", "METADATA_PREFIX", "OUTPUT_NAME", "PRECISIONS", "RESERVED_KEYS",

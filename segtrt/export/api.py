@@ -14,10 +14,11 @@ from torch import nn
 
 from segtrt.errors import ExportError
 from segtrt.export.checks import CheckPlan, check_graph, check_numerics, check_plan, op_summary
-from segtrt.export.graph import _dims, _opset, _save, _staging, _static_dim, _torch_export
-from segtrt.export.metadata import _set_metadata, build_metadata, check_extra_metadata
-from segtrt.export.options import ExportOptions, _check_multiple, _patch_size, _total_stride
-from segtrt.verify import LogitComparison
+from segtrt.export.graph import model_opset, save_model, static_dim, torch_export_graph, value_dims
+from segtrt.io.writers import atomic_path
+from segtrt.export.metadata import set_metadata, build_metadata, check_extra_metadata
+from segtrt.export.options import ExportOptions, check_multiple, patch_triple, resolve_total_stride
+from segtrt.verify.logits import LogitComparison
 
 log = logging.getLogger(__name__)
 
@@ -74,19 +75,19 @@ def export_onnx(
     """
     options = ExportOptions(batch, dynamic_batch, dynamic_spatial, precision, opset, norm_precision)
     options.validate()
-    patch = _patch_size(patch_size)
-    stride = _total_stride(network, total_stride, required=dynamic_spatial)
+    patch = patch_triple(patch_size)
+    stride = resolve_total_stride(network, total_stride, required=dynamic_spatial)
     if dynamic_spatial:
-        _check_multiple(patch, stride)
+        check_multiple(patch, stride)
     check_extra_metadata(metadata or {})
     network = network.eval()
     start = time.perf_counter()
-    model = _torch_export(network, patch, in_channels, options, stride)
+    model = torch_export_graph(network, patch, in_channels, options, stride)
     export_seconds = time.perf_counter() - start
-    num_classes = _static_dim(model.graph.output[0], 1)
+    num_classes = static_dim(model.graph.output[0], 1)
     meta = build_metadata(metadata or {}, patch_size=patch, in_channels=in_channels, num_classes=num_classes,
-                          options=options, total_stride=stride, opset=_opset(model))
-    _set_metadata(model, meta)
+                          options=options, total_stride=stride, opset=model_opset(model))
+    set_metadata(model, meta)
     path = Path(path)
     plan = check_plan(patch, options, stride, check_batches) if check else None
     inferred, checks, check_seconds = _save_checked(
@@ -94,10 +95,10 @@ def export_onnx(
         plan=plan, seed=seed, labels=(metadata or {}).get("labels"),
     )
     log.info("exported %s (%s, input %s) in %.1f s, checked in %.1f s",
-             path, precision, _dims(model.graph.input[0]), export_seconds, check_seconds)
+             path, precision, value_dims(model.graph.input[0]), export_seconds, check_seconds)
     return ExportResult(
-        path=path, precision=precision, opset=_opset(model), input_shape=_dims(model.graph.input[0]),
-        output_shape=_dims(model.graph.output[0]), metadata=meta, checks=tuple(checks),
+        path=path, precision=precision, opset=model_opset(model), input_shape=value_dims(model.graph.input[0]),
+        output_shape=value_dims(model.graph.output[0]), metadata=meta, checks=tuple(checks),
         op_summary=op_summary(inferred), export_seconds=export_seconds, check_seconds=check_seconds,
     )
 
@@ -109,8 +110,8 @@ def _save_checked(
     """Writes ``model`` to a staging file beside ``path``, checks it (``check_graph``, then
     ``check_numerics`` on ``plan`` unless it is None) and moves it onto ``path`` only if every check
     passes. Returns the shape-inferred ModelProto, the comparisons and the check time (s)."""
-    with _staging(path) as tmp:
-        _save(model, tmp)
+    with atomic_path(path) as tmp:
+        save_model(model, tmp)
         start = time.perf_counter()
         inferred = check_graph(tmp, in_channels=in_channels, num_classes=num_classes)
         checks: list[LogitComparison] = []
@@ -136,8 +137,10 @@ def export_model_folder(
     several folds, fold K goes to ``<stem>_fold<K>.onnx`` beside it. options: ``export_onnx``'s
     keyword options (batch, dynamic_batch, dynamic_spatial, precision, opset, check...).
     """
+    from segtrt.io.writers import check_output_file
     from segtrt.nnunet import load_model
 
+    check_output_file(Path(out))
     folds = None if fold is None else [fold]
     model = load_model(model_dir, configuration=configuration, folds=folds, checkpoint_name=checkpoint_name,
                        trust=trust, device="cpu")

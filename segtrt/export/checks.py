@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 from torch import nn
 
 from segtrt.errors import ExportError
-from segtrt.export.graph import _dims
+from segtrt.export.graph import value_dims
 from segtrt.export.options import ExportOptions
 from segtrt.verify import LogitComparison, compare_runners, random_patches, tolerance_for, torch_reference
 
@@ -32,7 +32,7 @@ def check_graph(path: Path, *, in_channels: int, num_classes: int) -> Any:
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ExportError(f"the exported graph fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
     graph = inferred.graph
-    inp, out = _dims(graph.input[0]), _dims(graph.output[0])
+    inp, out = value_dims(graph.input[0]), value_dims(graph.output[0])
     float32 = onnx.TensorProto.FLOAT
     types_ok = all(v.type.tensor_type.elem_type == float32 for v in (graph.input[0], graph.output[0]))
     shapes_ok = len(inp) == 5 and len(out) == 5 and inp[1] == in_channels and out[1] == num_classes

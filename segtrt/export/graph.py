@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,7 +23,7 @@ log = logging.getLogger(__name__)
 _CHATTY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "torch.export")
 
 
-def _torch_export(network: nn.Module, patch: tuple[int, int, int], in_channels: int, options: ExportOptions,
+def torch_export_graph(network: nn.Module, patch: tuple[int, int, int], in_channels: int, options: ExportOptions,
                   stride: tuple[int, int, int] | None) -> Any:
     """The ONNX ModelProto of ``network`` (or its half-precision wrapper) with segtrt's I/O names."""
     module = network
@@ -72,19 +71,7 @@ def _quiet_exporter() -> Iterator[None]:
         log.debug("exporter warning: %s", w.message)
 
 
-@contextlib.contextmanager
-def _staging(path: Path) -> Iterator[Path]:
-    """Yields a temporary file beside ``path``; moved onto ``path`` only if the block succeeds."""
-    tmp = path.with_name(path.name + ".partial")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _save(model: Any, path: Path) -> None:
+def save_model(model: Any, path: Path) -> None:
     import onnx
 
     size = model.ByteSize()
@@ -98,16 +85,16 @@ def _device_of(network: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def _dims(value_info: Any) -> tuple[int | str, ...]:
+def value_dims(value_info: Any) -> tuple[int | str, ...]:
     return tuple(d.dim_param if d.dim_param else int(d.dim_value) for d in value_info.type.tensor_type.shape.dim)
 
 
-def _static_dim(value_info: Any, axis: int) -> int:
-    dim = _dims(value_info)[axis]
+def static_dim(value_info: Any, axis: int) -> int:
+    dim = value_dims(value_info)[axis]
     if not isinstance(dim, int):
         raise ExportError(f"the exported output has a symbolic class dimension {dim!r}; expected a number")
     return dim
 
 
-def _opset(model: Any) -> int:
+def model_opset(model: Any) -> int:
     return next(int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -13,8 +12,8 @@ import torch
 import segtrt
 from segtrt.errors import ExportError
 from segtrt.export.options import INPUT_NAME, OUTPUT_NAME, ExportOptions
+from segtrt.onnx_metadata import METADATA_PREFIX
 
-METADATA_PREFIX = "segtrt."
 
 
 def build_metadata(
@@ -61,27 +60,7 @@ def check_extra_metadata(extra: Mapping[str, Any]) -> None:
             raise ExportError(f"metadata {key!r} must be JSON-serialisable, got {type(value).__name__}") from exc
 
 
-def _set_metadata(model: Any, meta: Mapping[str, Any]) -> None:
+def set_metadata(model: Any, meta: Mapping[str, Any]) -> None:
     import onnx
 
     onnx.helper.set_model_props(model, {k: json.dumps(v) for k, v in meta.items()})
-
-
-def parse_metadata(props: Mapping[str, str]) -> dict[str, Any]:
-    """``segtrt.*`` entries of an ONNX ``metadata_props`` mapping, prefix removed, JSON decoded."""
-    out: dict[str, Any] = {}
-    for key, value in props.items():
-        if key.startswith(METADATA_PREFIX):
-            try:
-                out[key[len(METADATA_PREFIX):]] = json.loads(value)
-            except ValueError:
-                out[key[len(METADATA_PREFIX):]] = value
-    return out
-
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """segtrt's metadata of an exported .onnx file (keys without the ``segtrt.`` prefix)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return parse_metadata({p.key: p.value for p in model.metadata_props})

@@ -56,7 +56,7 @@ def network_total_stride(network: nn.Module) -> tuple[int, int, int] | None:
     return (total[0], total[1], total[2])
 
 
-def _total_stride(network: nn.Module, given: Sequence[int] | None, *, required: bool) -> tuple[int, int, int] | None:
+def resolve_total_stride(network: nn.Module, given: Sequence[int] | None, *, required: bool) -> tuple[int, int, int] | None:
     stride = tuple(int(s) for s in given) if given is not None else network_total_stride(network)
     if stride is not None and (len(stride) != 3 or min(stride) < 1):
         raise ExportError(f"total_stride must be three positive integers (z, y, x), got {given!r}")
@@ -68,7 +68,7 @@ def _total_stride(network: nn.Module, given: Sequence[int] | None, *, required: 
     return stride  # type: ignore[return-value]
 
 
-def _check_multiple(patch: tuple[int, int, int], stride: tuple[int, int, int] | None) -> None:
+def check_multiple(patch: tuple[int, int, int], stride: tuple[int, int, int] | None) -> None:
     if stride is not None and any(p % s for p, s in zip(patch, stride)):
         raise ExportError(
             f"patch size {patch} is not a multiple of the network's total stride {stride} (z, y, x); "
@@ -76,7 +76,7 @@ def _check_multiple(patch: tuple[int, int, int], stride: tuple[int, int, int] | 
         )
 
 
-def _patch_size(patch_size: Sequence[int]) -> tuple[int, int, int]:
+def patch_triple(patch_size: Sequence[int]) -> tuple[int, int, int]:
     patch = tuple(int(p) for p in patch_size)
     if len(patch) != 3 or min(patch) < 1:
         raise ExportError(f"patch_size must be three positive voxel counts (z, y, x), got {tuple(patch_size)!r}")

@@ -126,6 +126,15 @@ def _check_slice_spacing(reader: sitk.ImageSeriesReader, image: sitk.Image, fold
     if gaps is None or gaps.size == 0:
         return
     spacing_z = image.GetSpacing()[2]
+    normal = np.reshape(image.GetDirection(), (3, 3))[:, 2]
+    heights = np.sort([float(np.dot([float(v) for v in reader.GetMetaData(i, _POSITION_TAG).split("\\")], normal))
+                       for i in range(len(gaps) + 1)])  # _slice_gaps returned gaps, so every file has a position
+    duplicates = int(np.count_nonzero(np.diff(heights) < 1e-3 * max(spacing_z, 1e-6)))
+    if duplicates:
+        raise InputImageError(
+            f"DICOM series in {folder} has {duplicates} duplicate slice position(s) (two files at the same "
+            "Image Position Patient: a file copied twice, or two series in one folder); expected one file per slice"
+        )
     deviation = float(np.max(np.abs(gaps - spacing_z)))
     if deviation > MAX_SLICE_SPACING_DEVIATION * spacing_z:
         raise InputImageError(

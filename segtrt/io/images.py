@@ -11,6 +11,7 @@ direction (nnU-Net only warns about origin and direction). Inputs are only read,
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
@@ -21,7 +22,7 @@ import SimpleITK as sitk
 from segtrt.errors import InputImageError
 from segtrt.io.dicom import DicomSeries, read_dicom_files, read_dicom_series
 from segtrt.io.geometry import Geometry
-from segtrt.io.integrity import check_nifti_complete
+from segtrt.io.integrity import NonFiniteVoxels, check_nifti_intact, nifti_layout
 
 logger = logging.getLogger(__name__)
 
@@ -55,48 +56,76 @@ def read_image(paths: Sequence[Path]) -> tuple[np.ndarray, Geometry]:
     paths = [p if isinstance(p, DicomSeries) else Path(p) for p in paths]
     if not paths:
         raise InputImageError(f"no image given; expected one path per channel ({_EXPECTED})")
-    first = read_channel(paths[0])
+    first, restore = _read_channel_values(paths[0])
     geometry = Geometry.from_sitk(first)
-    images = [first]
+    images, restores = [first], [restore]
     for path in paths[1:]:
-        image = read_channel(path)
+        image, restore = _read_channel_values(path)
         _check_same_geometry(Geometry.from_sitk(image), geometry, path, paths[0])
         images.append(image)
+        restores.append(restore)
     dtypes = {sitk.GetArrayViewFromImage(image).dtype for image in images}
     dtype = dtypes.pop() if len(dtypes) == 1 else np.float32
     if dtype not in COMPACT_DTYPES:
         dtype = np.float32
     data = np.empty((len(paths), *geometry.shape), dtype=dtype)
-    for index, image in enumerate(images):
+    for index, (image, restore) in enumerate(zip(images, restores)):
         data[index] = sitk.GetArrayViewFromImage(image)
+        if restore is not None:  # ITK's NIfTI reader zeroed them; the file holds them
+            data[index].reshape(-1)[restore.indices] = restore.values
     logger.debug("read %d channel(s): %s", len(paths), geometry.describe())
     return data, geometry
 
 
 def read_channel(path: "Path | DicomSeries") -> sitk.Image:
     """Read one channel (an image file, a folder holding one DICOM series, or a :class:`DicomSeries`)
-    as a scalar 3D image."""
+    as a scalar 3D image.
+
+    As SimpleITK gives it: NaN/Inf voxels of a NIfTI file are 0 in it (see segtrt.io.integrity);
+    :func:`read_image` puts them back.
+    """
+    return _read_channel_values(path)[0]
+
+
+def _read_channel_values(path: "Path | DicomSeries") -> tuple[sitk.Image, NonFiniteVoxels | None]:
+    """The channel's image and, for a floating-point NIfTI, the non-finite voxels ITK zeroed."""
     if isinstance(path, DicomSeries):
         image = read_dicom_files(path)
         _check_scalar_3d(image, Path(path.name))
-        return image
+        return image, None
     path = Path(path)
     if path.is_dir():
-        image = read_dicom_series(path)
+        image, restore = read_dicom_series(path), None
     else:
-        image = _read_file(path)
+        image, restore = _read_file(path)
     _check_scalar_3d(image, path)
-    return image
+    return image, restore
 
 
-def _read_file(path: Path) -> sitk.Image:
+def _read_file(path: Path) -> tuple[sitk.Image, NonFiniteVoxels | None]:
     if not path.is_file():
         raise InputImageError(f"image {path} does not exist; expected {_EXPECTED}")
     ending = image_ending(path)
     if ending is None:
         raise InputImageError(f"cannot read {path}: unsupported file type; expected {_EXPECTED}")
-    if ending in (".nii", ".nii.gz"):
-        check_nifti_complete(path)
+    if ending == ".nii":
+        restore = check_nifti_intact(path)
+        return _sitk_read(path, ending), restore
+    if ending != ".nii.gz":
+        return _sitk_read(path, ending), None
+    nifti_layout(path)  # a malformed header or an empty axis: say so before ITK does
+    # the CRC/length check decompresses the whole stream; zlib and ITK both release the GIL, so the check
+    # runs beside the read and costs no wall time where a second core is free
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segtrt-gzip-check") as pool:
+        check = pool.submit(check_nifti_intact, path)
+        try:
+            image = _sitk_read(path, ending)
+        finally:
+            restore = check.result()  # a damaged file is reported as damaged even when ITK failed on it too
+    return image, restore
+
+
+def _sitk_read(path: Path, ending: str) -> sitk.Image:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.SetImageIO(_IMAGE_IOS[ending])
@@ -109,12 +138,20 @@ def _read_file(path: Path) -> sitk.Image:
 
 def _check_scalar_3d(image: sitk.Image, path: Path) -> None:
     components = image.GetNumberOfComponentsPerPixel()
+    if "complex" in image.GetPixelIDTypeAsString():
+        raise InputImageError(
+            f"{path} holds complex values ({image.GetPixelIDTypeAsString()}); expected real intensities "
+            "(save the magnitude image)"
+        )
     if image.GetDimension() != 3 or components != 1:
         size = "x".join(str(s) for s in image.GetSize())
         raise InputImageError(
             f"{path} is a {image.GetDimension()}D image of size {size} with {components} value(s) per voxel; "
             "expected a 3D image with one value per voxel (give each channel as its own file)"
         )
+    if 0 in image.GetSize():
+        size = "x".join(str(s) for s in image.GetSize())
+        raise InputImageError(f"{path} has an axis without voxels (size {size}); expected at least one voxel per axis")
 
 
 def _check_same_geometry(geometry: Geometry, reference: Geometry, path: Path, reference_path: Path) -> None:

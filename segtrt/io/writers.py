@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -18,7 +19,7 @@ from typing import Iterator
 import numpy as np
 import SimpleITK as sitk
 
-from segtrt.errors import SegtrtError
+from segtrt.errors import OutputPathError, SegtrtError
 from segtrt.io.geometry import Geometry
 
 logger = logging.getLogger(__name__)
@@ -36,8 +37,14 @@ def atomic_path(path: Path) -> Iterator[Path]:
     as it was. The body must create the file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp{_ending(path)}")
+    if path.is_dir():
+        raise OutputPathError(f"cannot write {path}: it is a folder; expected a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputPathError(f"cannot create the folder {path.parent} ({error.strerror}); "
+                              "expected a writable folder path") from None
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp{_ending(path)}")
     try:
         yield temporary
         if not temporary.is_file():
@@ -48,6 +55,41 @@ def atomic_path(path: Path) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
         raise
     _flush_folder(path.parent)
+
+
+def check_output_folder(folder: Path) -> None:
+    """Create ``folder`` (and its parents) if needed and check that a file can be written in it.
+
+    Called before any work starts, so that a wrong ``-o`` costs nothing; raises OutputPathError (one
+    line) when ``folder`` is an existing file, lies below a file, or cannot be created or written.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputPathError(f"the output {folder} is an existing file; expected a folder (give -o a folder path)")
+    _probe_writable(folder, "output folder")
+
+
+def check_output_file(path: Path) -> None:
+    """Raise OutputPathError unless ``path`` can be written as a file: not a folder, its folder writable
+    (created if needed)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"the output {path} is a folder; expected a file path such as {path / 'model.onnx'}")
+    _probe_writable(path.parent, "folder of the output")
+
+
+def _probe_writable(folder: Path, what: str) -> None:
+    """mkdir -p ``folder`` and create (then remove) a temporary file in it; OutputPathError if either fails.
+
+    A real write, not ``os.access``: the latter says yes to root on a read-only file system.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".segtrt-probe-"):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise OutputPathError(f"cannot write the {what} {folder} ({reason}); expected a writable folder path") from None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

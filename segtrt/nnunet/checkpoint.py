@@ -11,6 +11,8 @@ refused with :class:`UntrustedCheckpointError` unless the user passes ``trust=Tr
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import pickle
 import re
@@ -72,16 +74,18 @@ def _one_line(text: str, limit: int = 200) -> str:
     return first if len(first) <= limit else first[: limit - 3] + "..."
 
 
-def _torch_load(path: Path, *, trust: bool, map_location: Any, mmap: bool) -> Any:
+def _torch_load(path: Path, *, trust: bool, map_location: Any, mmap: bool, data: bytes | None) -> Any:
+    source = path if data is None else io.BytesIO(data)
+    mmap = mmap and data is None
     if trust:
         log.warning("loading %s with full unpickling (--trust-checkpoint): it can run arbitrary code", path)
-        return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
+        return torch.load(source, map_location=map_location, weights_only=False, mmap=mmap)
     with torch.serialization.safe_globals(_numpy_allow_list()):
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        return torch.load(source, map_location=map_location, weights_only=True, mmap=mmap)
 
 
 def load_checkpoint(path: str | Path, *, trust: bool = False, map_location: Any = "cpu",
-                    mmap: bool = False) -> dict:
+                    mmap: bool = False, data: bytes | None = None) -> dict:
     """Load an nnU-Net checkpoint dict.
 
     trust: False (default) unpickles only tensors, plain containers and numpy float scalars;
@@ -89,14 +93,15 @@ def load_checkpoint(path: str | Path, *, trust: bool = False, map_location: Any 
     map_location: where tensors go (checkpoints trained on a GPU are tagged ``cuda:0``; the
         default "cpu" loads them on machines without one).
     mmap: memory-map tensor storages instead of reading them (cheap when only metadata is needed).
+    data: the file's bytes, already read (then ``path`` only names it in messages; mmap is ignored).
     Raises ModelFolderError when the file is missing or not a checkpoint, UntrustedCheckpointError
     when it holds an object outside the allow-list.
     """
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise ModelFolderError(f"checkpoint not found: {path}")
     try:
-        checkpoint = _torch_load(path, trust=trust, map_location=map_location, mmap=mmap)
+        checkpoint = _torch_load(path, trust=trust, map_location=map_location, mmap=mmap, data=data)
     except pickle.UnpicklingError as error:
         if trust or "Weights only load failed" not in str(error):
             raise ModelFolderError(f"{path} is not a readable PyTorch checkpoint: {_one_line(error)}") from error
@@ -115,3 +120,35 @@ def load_checkpoint(path: str | Path, *, trust: bool = False, map_location: Any 
             f"got {type(checkpoint).__name__}"
         )
     return checkpoint
+
+
+class CheckpointReader:
+    """Reads each checkpoint file once: its bytes are hashed (sha256, for the model identity) and
+    unpickled, and the loaded dict is kept until :meth:`take` hands it over.
+
+    One reader serves a whole start-up (segtrt.nnunet.load_model): the configuration lookup of the first
+    fold and the weight loading of every fold, so no checkpoint is read from disk twice.
+    """
+
+    def __init__(self, trust: bool = False) -> None:
+        self.trust = trust
+        self.digests: dict[Path, str] = {}
+        self._loaded: dict[Path, dict] = {}
+
+    def __call__(self, path: str | Path) -> dict:
+        """The checkpoint at ``path`` (read now, or the dict read earlier)."""
+        path = Path(path)
+        if path not in self._loaded:
+            if not path.is_file():
+                raise ModelFolderError(f"checkpoint not found: {path}")
+            data = path.read_bytes()
+            self.digests[path] = hashlib.sha256(data).hexdigest()
+            self._loaded[path] = load_checkpoint(path, trust=self.trust, map_location="cpu", data=data)
+        return self._loaded[path]
+
+    def take(self, path: str | Path) -> dict:
+        """Like calling the reader, and forget the dict (its tensors are freed once the caller is done)."""
+        checkpoint = self(path)
+        del self._loaded[Path(path)]
+        return checkpoint
+

@@ -17,7 +17,7 @@ import logging
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from segtrt.errors import ModelFolderError
 from segtrt.nnunet.checkpoint import load_checkpoint
@@ -264,9 +264,10 @@ def _check_folds(folder: Path, folds: Iterable[int | str], checkpoint_name: str)
     return names
 
 
-def _recorded_configuration(checkpoint_path: Path, plans: dict, trust: bool) -> str:
+def _recorded_configuration(checkpoint_path: Path, plans: dict, trust: bool,
+                            read: Callable[[Path], dict] | None) -> str:
     """The configuration a checkpoint was trained with; else the only 3D configuration."""
-    checkpoint = load_checkpoint(checkpoint_path, trust=trust, mmap=True)
+    checkpoint = read(checkpoint_path) if read is not None else load_checkpoint(checkpoint_path, trust=trust, mmap=True)
     recorded = (checkpoint.get("init_args") or {}).get("configuration")
     if isinstance(recorded, str):
         return recorded
@@ -282,12 +283,15 @@ def _recorded_configuration(checkpoint_path: Path, plans: dict, trust: bool) -> 
 
 def read_model_folder(path: str | Path, configuration: str | None = None,
                       folds: Sequence[int | str] | None = None,
-                      checkpoint_name: str = DEFAULT_CHECKPOINT, *, trust: bool = False) -> ModelFolder:
+                      checkpoint_name: str = DEFAULT_CHECKPOINT, *, trust: bool = False,
+                      read_checkpoint: Callable[[Path], dict] | None = None) -> ModelFolder:
     """Read and check an nnU-Net model folder.
 
     configuration: None -> the one recorded in the first fold's checkpoint (``init_args``).
     folds: None -> every numbered ``fold_*`` holding ``checkpoint_name``, in numeric order.
     trust: passed to :func:`load_checkpoint` when the configuration is read from a checkpoint.
+    read_checkpoint: reads a checkpoint for that lookup instead (segtrt.nnunet.CheckpointReader, so that
+        load_model reads each file once).
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -300,7 +304,8 @@ def read_model_folder(path: str | Path, configuration: str | None = None,
             raise ModelFolderError(f"{folder / 'plans.json'} has no '{key}'; expected plans written by nnU-Net v2")
     fold_names = _detect_folds(folder, checkpoint_name) if folds is None else _check_folds(folder, folds, checkpoint_name)
     if configuration is None:
-        configuration = _recorded_configuration(folder / f"fold_{fold_names[0]}" / checkpoint_name, plans, trust)
+        configuration = _recorded_configuration(folder / f"fold_{fold_names[0]}" / checkpoint_name, plans, trust,
+                                                read_checkpoint)
     resolved = resolve_configuration(plans, configuration)
     _validate_configuration(plans, configuration, resolved, folder)
     return ModelFolder(path=folder, dataset=dataset, plans=plans, configuration_name=configuration,

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import torch
 
 from segtrt.errors import ModelFolderError
-from segtrt.nnunet.checkpoint import load_checkpoint
+from segtrt.nnunet.checkpoint import CheckpointReader
 from segtrt.nnunet.folder import DEFAULT_CHECKPOINT, ModelFolder, read_model_folder
 from segtrt.nnunet.network import build_network, load_weights
 
@@ -39,9 +39,14 @@ class LoadedModel:
     identity: str
 
 
-def model_identity(folder: ModelFolder) -> str:
-    """sha256 over plans.json, dataset.json, the configuration name and each fold's checkpoint."""
+def model_identity(folder: ModelFolder, checkpoint_digests: dict[Path, str] | None = None) -> str:
+    """sha256 over plans.json, dataset.json, the configuration name and each fold's checkpoint.
+
+    checkpoint_digests: sha256 hex digests of checkpoint files already read (CheckpointReader.digests);
+    a checkpoint's digest stands for its bytes, so such files are not read again.
+    """
     digest = hashlib.sha256()
+    known = checkpoint_digests or {}
 
     def add(label: str, path: Path | None = None, text: str | None = None) -> None:
         digest.update(f"\0{label}\0".encode())
@@ -56,7 +61,19 @@ def model_identity(folder: ModelFolder) -> str:
     add("dataset.json", folder.path / "dataset.json")
     add("configuration", text=folder.configuration_name)
     for fold in folder.folds:
-        add(f"fold_{fold}", folder.checkpoint_path(fold))
+        path = folder.checkpoint_path(fold)
+        if path in known:
+            add(f"fold_{fold} sha256", text=known[path])
+        else:
+            add(f"fold_{fold} sha256", text=_file_sha256(path))
+    return digest.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -82,9 +99,10 @@ def _check_configuration(checkpoint: dict, folder: ModelFolder, path: Path) -> N
         )
 
 
-def _load_fold(folder: ModelFolder, fold: str, trust: bool, device: torch.device) -> tuple[torch.nn.Module, dict]:
+def _load_fold(folder: ModelFolder, fold: str, read: CheckpointReader,
+               device: torch.device) -> tuple[torch.nn.Module, dict]:
     path = folder.checkpoint_path(fold)
-    checkpoint = load_checkpoint(path, trust=trust, map_location="cpu")
+    checkpoint = read.take(path)
     _check_configuration(checkpoint, folder, path)
     network = build_network(folder.configuration, folder.num_input_channels, folder.num_segmentation_heads)
     try:
@@ -103,12 +121,13 @@ def load_model(path: str | Path, *, configuration: str | None = None, folds: Seq
     :func:`load_checkpoint` for ``trust``.
     """
     device = torch.device(device)
-    folder = read_model_folder(path, configuration, folds, checkpoint_name, trust=trust)
+    read = CheckpointReader(trust)  # every checkpoint is read from disk once: hashed, unpickled, used
+    folder = read_model_folder(path, configuration, folds, checkpoint_name, trust=trust, read_checkpoint=read)
     networks: list[torch.nn.Module] = []
     mirror_axes: tuple[int, ...] = ()
     trainer_name = ""
     for index, fold in enumerate(folder.folds):
-        network, checkpoint = _load_fold(folder, fold, trust, device)
+        network, checkpoint = _load_fold(folder, fold, read, device)
         networks.append(network)
         axes = _mirror_axes(checkpoint, folder.checkpoint_path(fold))
         if index == 0:
@@ -119,7 +138,7 @@ def load_model(path: str | Path, *, configuration: str | None = None, folds: Seq
     log.info("loaded %s (%s, folds %s, trainer %s) on %s", folder.path, folder.configuration_name,
              ",".join(folder.folds), trainer_name or "unknown", device)
     return LoadedModel(folder=folder, networks=networks, mirror_axes=mirror_axes, trainer_name=trainer_name,
-                       identity=model_identity(folder))
+                       identity=model_identity(folder, read.digests))
 
 
 def describe(model: LoadedModel) -> dict[str, Any]:

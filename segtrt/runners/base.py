@@ -40,8 +40,13 @@ class Runner(abc.ABC):
 
     # lifecycle -------------------------------------------------------------------------------
     def activate(self) -> None:
+        """Load the backend; if ``activate_impl`` fails part-way, ``deactivate_impl`` releases what it got."""
         if not self.is_active:
-            self.activate_impl()
+            try:
+                self.activate_impl()
+            except BaseException:
+                self.deactivate_impl()
+                raise
             self.is_active = True
 
     def deactivate(self) -> None:

@@ -40,8 +40,9 @@ from typing import Any, Callable, Sequence
 import torch
 
 from segtrt import config
-from segtrt.engine.build import write_atomic
-from segtrt.engine.cache import cache_key, current_target, file_lock
+from segtrt.engine.cache import cache_key, current_target
+from segtrt.io.locking import file_lock
+from segtrt.io.writers import atomic_write_bytes
 from segtrt.errors import CompiledCacheError
 
 log = logging.getLogger(__name__)
@@ -233,7 +234,7 @@ def _compile(network, shape, precision, channels_last, mode, device, path: Path,
     metadata = {"key": cache_key(fields), "fields": fields, "package_sha256": digest, "package_bytes": size,
                 "compile_seconds": round(seconds, 3),
                 "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    write_atomic(_metadata_path(path), json.dumps(metadata, indent=2, sort_keys=True).encode())
+    atomic_write_bytes(_metadata_path(path), json.dumps(metadata, indent=2, sort_keys=True).encode())
     return seconds
 
 

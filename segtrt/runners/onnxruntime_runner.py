@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import torch
 
 from segtrt.errors import BackendUnavailableError, SegtrtError
-from segtrt.export import parse_metadata
+from segtrt.onnx_metadata import parse_metadata
 from segtrt.runners.base import Runner
 from segtrt.runners.binding import (
     KeepAlive,

@@ -25,6 +25,10 @@ from segtrt.runners.binding import OutputBuffers, SideStream, device_index, torc
 
 log = logging.getLogger(__name__)
 
+#: IExecutionContext methods the runner calls on every TensorRT it supports (10.x, 11.x, TensorRT-RTX 1.x);
+#: checked at activation so that another release fails with one line instead of an AttributeError mid-case.
+REQUIRED_CONTEXT_API = ("set_input_shape", "get_tensor_shape", "set_tensor_address", "execute_async_v3")
+
 
 class EngineBindings:
     """Bookkeeping between one execution context and torch buffers; device-agnostic.
@@ -106,6 +110,12 @@ class TensorRTRunner(Runner):
         if self._context is None:
             reason = "; ".join(self._loaded.logger.errors[-2:]) or "no reason given"
             raise EngineError(f"{flavor.label} could not create an execution context: {reason}")
+        missing = [name for name in REQUIRED_CONTEXT_API if not hasattr(self._context, name)]
+        if missing:
+            raise BackendUnavailableError(
+                f"{flavor.label} lacks {', '.join(missing)} on its execution context; segtrt needs "
+                "TensorRT 10.x/11.x or TensorRT-RTX 1.x"
+            )
         self.io = self._loaded.io_specs()
         inp, out = self._single_io()
         self._set_batch_limits()
@@ -146,14 +156,28 @@ class TensorRTRunner(Runner):
         if graph is not None:
             graph.replay()
             return
-        if not self._context.is_stream_capturable(handle):
-            raise BackendUnavailableError("this engine cannot be captured in a CUDA graph; run with cuda_graph=False")
+        self._check_capturable(handle)
         self._execute(handle)  # first enqueue does shape-dependent setup that must stay out of the graph
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=self._side.stream):
             self._execute(self._side.handle)
         self._graphs[shape] = graph
         log.debug("captured a CUDA graph for input shape %s", shape)
+
+    def _check_capturable(self, handle: int) -> None:
+        """CUDA-graph capture only where this TensorRT says the context can be captured on the stream.
+
+        ``IExecutionContext.is_stream_capturable`` is not in every release (absent from TensorRT 10.16's
+        Python API, for one): without it capturability is unknown, and capture is refused, not tried.
+        """
+        flavor = self._loaded.flavor
+        if not hasattr(self._context, "is_stream_capturable"):
+            raise BackendUnavailableError(
+                f"{flavor.label} cannot say whether an engine may be captured in a CUDA graph "
+                "(no IExecutionContext.is_stream_capturable); run with cuda_graph=False"
+            )
+        if not self._context.is_stream_capturable(handle):
+            raise BackendUnavailableError("this engine cannot be captured in a CUDA graph; run with cuda_graph=False")
 
     def _execute(self, handle: int) -> None:
         if not self._context.execute_async_v3(handle):

@@ -71,12 +71,12 @@ class TorchRunner(Runner):
             raise BackendUnavailableError(f"precision must be fp32 or fp16, got {precision!r}")
         if precision == "fp16" and self.device.type != "cuda":
             raise BackendUnavailableError(
-                f"torch fp16 runs on CUDA devices, got --device {self.device}; use --precision fp32 on the CPU"
+                f"torch fp16 runs on CUDA devices, this run is on {self.device}; use --precision fp32 on the CPU"
             )
         if compile_mode is not None and compile_mode not in COMPILE_MODES:
             raise BackendUnavailableError(f"--compile must be one of off, {', '.join(COMPILE_MODES)}; got {compile_mode!r}")
         if cuda_graph and self.device.type != "cuda":
-            raise BackendUnavailableError(f"--cuda-graph needs a CUDA device, got --device {self.device}")
+            raise BackendUnavailableError(f"--cuda-graph needs a CUDA device, this run is on {self.device}")
         if cuda_graph and compile_mode is not None:
             raise BackendUnavailableError("--cuda-graph and --compile are exclusive; pick one")
         if ahead_of_time and compile_mode is None:

@@ -35,10 +35,10 @@ from segtrt.verify.logits import LogitComparison, LogitFn, compare_logits, compa
 from segtrt.verify.patches import random_patches, scan_patches
 from segtrt.verify.reference import exact_float32, torch_reference
 from segtrt.verify.report import VerifyReport, compare_folds
-from segtrt.verify.tolerance import TOLERANCES, Tolerance, tolerance_for
+from segtrt.verify.tolerance import SCAN_TOLERANCES, TOLERANCES, Tolerance, tolerance_for
 
 __all__ = [
-    "TOLERANCES", "CaseComparison", "CasesComparison", "LabelFn", "LogitComparison", "LogitFn", "Tolerance",
+    "SCAN_TOLERANCES", "TOLERANCES", "CaseComparison", "CasesComparison", "LabelFn", "LogitComparison", "LogitFn", "Tolerance",
     "VerifyReport", "compare_case_labels", "compare_folds", "compare_label_maps", "compare_logits",
     "compare_runners", "dice_from_confusion", "exact_float32", "random_patches", "scan_patches",
     "tolerance_for", "torch_reference",

@@ -25,7 +25,8 @@ class LogitComparison:
     mean|c - r| / mean|r| (scale-relative, so near-zero logits do not blow them up).
     worst_ratio: max over values of |c - r| / (atol + rtol |r|) (see ``Tolerance``); <= 1 means
     assert_allclose passes. outside: how many values exceed the tolerance. nonfinite: NaN/inf in
-    the candidate. argmax_agreement: fraction of all voxels with the same argmax label;
+    the candidate; reference_nonfinite: NaN/inf in the reference (either fails the comparison: a
+    non-finite value is never "within tolerance", and the statistics use the finite values only). argmax_agreement: fraction of all voxels with the same argmax label;
     decided_agreement: the same over decided voxels (``Tolerance.argmax_margin``), which make up
     ``decided_fraction`` of the voxels. dice: per label name, Dice of the two argmax maps over all
     voxels (None where the label is absent from both).
@@ -38,6 +39,7 @@ class LogitComparison:
     worst_ratio: float
     outside: int
     nonfinite: int
+    reference_nonfinite: int
     argmax_agreement: float
     decided_agreement: float
     decided_fraction: float
@@ -52,6 +54,8 @@ class LogitComparison:
     def passed(self) -> bool:
         return (
             self.nonfinite == 0
+            and self.reference_nonfinite == 0
+            and math.isfinite(self.worst_ratio)
             and self.worst_ratio <= 1.0
             and self.decided_agreement >= self.tolerance.min_argmax_agreement
         )
@@ -70,7 +74,8 @@ class LogitComparison:
         return (
             f"{self.label}: max|diff|={self.max_abs:.3g} (max rel {self.max_rel:.3g}), "
             f"mean|diff|={self.mean_abs:.3g}, worst |diff|/(atol+rtol|ref|)={self.worst_ratio:.3g} "
-            f"({self.outside} of {self.num_values} values outside), nonfinite={self.nonfinite}, "
+            f"({self.outside} of {self.num_values} values outside), nonfinite={self.nonfinite} "
+            f"(reference {self.reference_nonfinite}), "
             f"argmax agreement {self.decided_agreement:.6f} on decided voxels ({self.decided_fraction:.4f} of all), "
             f"{self.argmax_agreement:.6f} on all; limits {self.tolerance.describe()}"
         )
@@ -85,7 +90,8 @@ class LogitComparison:
             ("worst |diff| / (atol + rtol |ref|)", f"{self.worst_ratio:.3f}",
              f"<= 1 (rtol={tol.rtol:g}, atol={tol.scaled_atol:g} max|ref|)"),
             ("values outside tolerance", f"{self.outside} / {self.num_values}", "0"),
-            ("non-finite values", str(self.nonfinite), "0"),
+            ("non-finite values, candidate", str(self.nonfinite), "0"),
+            ("non-finite values, reference", str(self.reference_nonfinite), "0"),
             ("argmax agreement, decided voxels", f"{self.decided_agreement:.6f}",
              f">= {tol.min_argmax_agreement:g} (margin >= {tol.argmax_margin:g} max|ref|)"),
             ("decided voxels", f"{self.decided_fraction:.4f}", ""),
@@ -105,7 +111,7 @@ class _Accumulator:
         self.tolerance = tolerance
         self.max_abs = self.max_ref = self.worst = 0.0
         self.sum_abs = self.sum_ref = 0.0
-        self.outside = self.nonfinite = self.values = 0
+        self.outside = self.nonfinite = self.reference_nonfinite = self.values = 0
         self.decided = self.decided_agree = 0
         self.confusion: torch.Tensor | None = None
         self.shapes: list[tuple[int, ...]] = []
@@ -121,19 +127,24 @@ class _Accumulator:
         r = reference.detach().float()
         c = candidate.detach().to(device=r.device, dtype=torch.float32)
         self.shapes.append(tuple(r.shape))
-        finite = torch.isfinite(c)
-        self.nonfinite += int((~finite).sum())
-        diff = torch.where(finite, (c - r).abs(), torch.zeros_like(r))
-        scale = float(r.abs().max())
-        bound = (self.tolerance.atol_for(scale) + self.tolerance.rtol * r.abs()).clamp_min(1e-30)
+        ref_finite, cand_finite = torch.isfinite(r), torch.isfinite(c)
+        self.reference_nonfinite += int((~ref_finite).sum())
+        self.nonfinite += int((~cand_finite).sum())
+        both = ref_finite & cand_finite
+        r_safe = torch.where(ref_finite, r, torch.zeros_like(r))
+        diff = torch.where(both, (c - r).abs(), torch.zeros_like(r))
+        scale = float(r_safe.abs().max())
+        bound = (self.tolerance.atol_for(scale) + self.tolerance.rtol * r_safe.abs()).clamp_min(1e-30)
         ratio = diff / bound
         self.max_abs = max(self.max_abs, float(diff.max()))
         self.max_ref = max(self.max_ref, scale)
         self.worst = max(self.worst, float(ratio.max()))
         self.outside += int((ratio > 1.0).sum())
         self.sum_abs += float(diff.sum(dtype=torch.float64))
-        self.sum_ref += float(r.abs().sum(dtype=torch.float64))
+        self.sum_ref += float(r_safe.abs().sum(dtype=torch.float64))
         self.values += r.numel()
+        finite = cand_finite
+        r = torch.where(ref_finite, r, torch.full_like(r, -math.inf))
         ref_labels = r.argmax(dim=1)
         cand_labels = torch.where(finite, c, torch.full_like(c, -math.inf)).argmax(dim=1)
         decided = _decided(r, self.tolerance.argmax_margin * scale)
@@ -163,6 +174,7 @@ class _Accumulator:
             worst_ratio=self.worst,
             outside=self.outside,
             nonfinite=self.nonfinite,
+            reference_nonfinite=self.reference_nonfinite,
             argmax_agreement=float(conf.diagonal().sum()) / voxels,
             decided_agreement=self.decided_agree / self.decided if self.decided else 1.0,
             decided_fraction=self.decided / voxels,

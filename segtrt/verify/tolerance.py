@@ -42,11 +42,12 @@ class Tolerance:
         )
 
 
-#: Limits per precision, from measurements (segtrt.onnx_fp16's MEASUREMENTS has the full table).
+#: Limits per precision on synthetic patches (noise and smooth fields, ``random_patches``): what the
+#: export check and every ``segtrt verify`` run use. README "Tolerance policy" has the table.
 #: fp32: ONNX Runtime (CPU, or CUDA with TF32 off) vs torch (CPU, or CUDA with TF32 off) differ by
-#: at most 8.8e-6 max|ref| (trained 5-stage U-Nets, |logits| up to 140; CUDA vs CUDA 7.6e-7) and
-#: 1.2e-6 on the 4-stage test nets: 1e-4 leaves 11x headroom and still fails on TF32 (3e-4 to
-#: 3e-3 max|ref|) or any graph difference.
+#: at most 3.4e-5 max|ref| on the bundled model (worst ratio 0.34) and 8.8e-6 on trained 5-stage U-Nets
+#: (|logits| up to 140; CUDA vs CUDA 7.6e-7): 1e-4 leaves 3x headroom and still fails on TF32 (3e-4 to
+#: 3e-3 max|ref|), on a graph whose logits are 1% off, or any graph difference.
 #: fp16: the worst fp16 error measured (GPU fp16 arithmetic in torch and ONNX Runtime CUDA,
 #: trained and untrained nets, noise, smooth and CT patches) is 1.04e-2 max|ref| (nnU-Net's own
 #: autocast: 1.04e-2), worst ratio to these limits 0.55; decided-voxel margin 1e-2 max|ref| = that
@@ -56,10 +57,29 @@ TOLERANCES: dict[str, Tolerance] = {
     "fp16": Tolerance(rtol=1e-2, scaled_atol=2.5e-2, min_argmax_agreement=0.999, argmax_margin=1e-2),
 }
 
+#: Limits per precision on patches cut from real scans (``scan_patches``), used besides the synthetic
+#: ones when ``segtrt verify`` is given scans.
+#: fp32: the largest fp32 error measured is ONNX Runtime's CPU provider against torch fp32: 6.7e-3
+#: max|ref| on the bundled DICOM series (20 slices, so its patches are 60% zero padding), 1.6e-4 on the
+#: bundled CT, where torch fp32 itself stays within 4.5e-6 of a float64 run. The cause is ONNX Runtime's
+#: float32 reductions in the instance norms over channels that are nearly constant across a padded
+#: patch: computing only the means in float64 cuts the error to 1.2e-3-2.0e-3. The limit, 2e-2 max|ref|
+#: + 1e-3 |ref|, leaves 3x headroom; argmax flips count only where the reference margin is >= 2e-2
+#: max|ref|. The synthetic comparison, which always runs, keeps the tight fp32 limit above.
+#: fp16: the same limits as on synthetic patches (they were measured on CT patches too).
+SCAN_TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(rtol=1e-3, scaled_atol=2e-2, min_argmax_agreement=0.9999, argmax_margin=2e-2),
+    "fp16": TOLERANCES["fp16"],
+}
 
-def tolerance_for(precision: str) -> Tolerance:
-    """The default ``Tolerance`` for ``precision`` ('fp32' or 'fp16')."""
+
+def tolerance_for(precision: str, patches: str = "synthetic") -> Tolerance:
+    """The default ``Tolerance`` for ``precision`` ('fp32' or 'fp16') on ``patches`` ('synthetic' or
+    'scan')."""
+    table = {"synthetic": TOLERANCES, "scan": SCAN_TOLERANCES}.get(patches)
+    if table is None:
+        raise SegtrtError(f"patches must be 'synthetic' or 'scan', got {patches!r}")
     try:
-        return TOLERANCES[precision]
+        return table[precision]
     except KeyError:
-        raise SegtrtError(f"precision must be one of {', '.join(TOLERANCES)}, got {precision!r}") from None
+        raise SegtrtError(f"precision must be one of {', '.join(table)}, got {precision!r}") from None

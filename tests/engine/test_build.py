@@ -25,8 +25,7 @@ import pytest
 import torch
 from torch import nn
 
-trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX (segtrt[rtx]) builds the plans in these tests")
-
+import tensorrt_rtx as trt  # a test dependency (segtrt[rtx]): missing = failure
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet  # noqa: E402
 
 from segtrt.engine.build import build_engine, resolve_batch_range  # noqa: E402

@@ -12,7 +12,8 @@ from numpy.testing import assert_allclose, assert_array_equal
 from segtrt.errors import InputImageError
 from segtrt.io import Geometry, is_dicom_series_folder, list_dicom_series, read_dicom_series, read_image
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "totalseg_examples"
+#: Real CT data bundled in the repository (attribution: sample_data/SOURCE.md).
+DATA = Path(__file__).resolve().parents[2] / "sample_data"
 
 _TILT = 0.2  # rad: slices tilted about the x axis (an oblique acquisition)
 _ROW = np.array([1.0, 0.0, 0.0])
@@ -22,12 +23,6 @@ _FIRST_POSITION = np.array([10.0, -20.0, 30.0])
 _PIXEL_SPACING = (0.9, 0.8)  # DICOM order: between rows (y), between columns (x)
 _SLICE_GAP = 2.0
 
-
-@pytest.fixture
-def data_dir() -> Path:
-    if not DATA.is_dir():
-        pytest.skip(f"real example data not found at {DATA} (expected ../shared next to the repository)")
-    return DATA
 
 
 def slice_values(slice_index: int, offset: int = 0) -> np.ndarray:
@@ -60,11 +55,11 @@ def write_series(folder: Path, uid: str, positions=(0, 1, 2, 3), offset: int = 0
     return folder
 
 
-def test_real_series_geometry_matches_totalsegmentator_nifti(data_dir: Path) -> None:
-    image = read_dicom_series(data_dir / "example_ct_dicom")
+def test_real_series_geometry_matches_totalsegmentator_nifti() -> None:
+    image = read_dicom_series(DATA / "example_ct_dicom")
     dicom = Geometry.from_sitk(image)
     # TotalSegmentator's NIfTI of this series is the same voxel grid stored in LAS order: y is flipped.
-    seg = Geometry.from_sitk(sitk.ReadImage(str(data_dir / "example_seg_dicom.nii.gz")))
+    seg = Geometry.from_sitk(sitk.ReadImage(str(DATA / "example_seg_dicom.nii.gz")))
     assert dicom.shape == seg.shape == (20, 512, 512)
     assert dicom.spacing == seg.spacing == (2.0, 0.9765625, 0.9765625)
     flip_y = np.diag([1.0, -1.0, 1.0])
@@ -76,9 +71,9 @@ def test_real_series_geometry_matches_totalsegmentator_nifti(data_dir: Path) -> 
     assert image.GetPixelID() == sitk.sitkInt16 and sitk.GetArrayViewFromImage(image).min() <= -1000  # HU
 
 
-def test_real_series_through_read_image(data_dir: Path) -> None:
-    assert list_dicom_series(data_dir / "example_ct_dicom") == ("",)  # anonymized: empty Series UID
-    data, geometry = read_image([data_dir / "example_ct_dicom"])
+def test_real_series_through_read_image() -> None:
+    assert list_dicom_series(DATA / "example_ct_dicom") == ("",)  # anonymized: empty Series UID
+    data, geometry = read_image([DATA / "example_ct_dicom"])
     # The series stores HU as 16-bit integers; read_image keeps them compact (cast on the device).
     assert data.shape == (1, 20, 512, 512) and data.dtype == np.int16
     assert data.min() <= -1000
@@ -128,4 +123,11 @@ def test_empty_and_missing_folders(tmp_path: Path) -> None:
 def test_missing_slice_is_refused(tmp_path: Path) -> None:
     folder = write_series(tmp_path / "gap", "1.2.826.0.1.1", positions=(0, 1, 3, 4))
     with pytest.raises(InputImageError, match="missing slices or uneven slice spacing"):
+        read_dicom_series(folder)
+
+
+def test_duplicate_slices_are_called_duplicates(tmp_path: Path) -> None:
+    folder = write_series(tmp_path / "dup", "1.2.826.0.1.2")
+    (folder / "copy_of_slice.dcm").write_bytes((folder / "1.2.826.0.1.2_slice98.dcm").read_bytes())
+    with pytest.raises(InputImageError, match=r"has 1 duplicate slice position\(s\)"):
         read_dicom_series(folder)

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from numpy.testing import assert_allclose, assert_array_equal
 
 import segtrt.io.writers as writers
-from segtrt.errors import SegtrtError
+from segtrt.errors import OutputPathError, SegtrtError
 from segtrt.io import (
     Geometry,
     atomic_path,
@@ -21,6 +21,7 @@ from segtrt.io import (
     write_probabilities,
     write_segmentation,
 )
+from segtrt.io.writers import check_output_file, check_output_folder
 
 _ANGLE = 0.4
 _DIRECTION = (
@@ -72,7 +73,7 @@ def test_nifti_affine_equals_input_affine(tmp_path: Path) -> None:
 
 
 def test_same_file_content_as_nnunet_write_seg(tmp_path: Path) -> None:
-    simpleitk_io = pytest.importorskip("nnunetv2.imageio.simpleitk_reader_writer")
+    from nnunetv2.imageio import simpleitk_reader_writer as simpleitk_io
     source = make_input(tmp_path / "case_0000.nii.gz")
     _, geometry = read_image([source])
     _, properties = simpleitk_io.SimpleITKIO().read_images([str(source)])
@@ -166,3 +167,27 @@ def test_written_files_get_normal_permissions(tmp_path: Path) -> None:
     reference.write_bytes(b"x")  # created with the process umask, as any ordinary write
     atomic_write_bytes(tmp_path / "atomic", b"x")
     assert os.stat(tmp_path / "atomic").st_mode == os.stat(reference).st_mode
+
+
+def test_concurrent_writers_use_unique_temporary_names(tmp_path: Path) -> None:
+    # two writers of one destination at once (threads of one process): each gets its own temporary file
+    with atomic_path(tmp_path / "plan.engine") as first, atomic_path(tmp_path / "plan.engine") as second:
+        assert first != second and first.parent == second.parent == tmp_path
+        first.write_bytes(b"one")
+        second.write_bytes(b"two")
+    assert (tmp_path / "plan.engine").read_bytes() == b"one"  # the outer block finishes last
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.engine"]
+
+
+def test_output_checks_name_the_path(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputPathError, match="is an existing file; expected a folder"):
+        check_output_folder(tmp_path / "file")
+    with pytest.raises(OutputPathError, match=r"\(Not a directory\)"):
+        check_output_folder(tmp_path / "file" / "below")
+    with pytest.raises(OutputPathError, match="is a folder; expected a file path"):
+        check_output_file(tmp_path)
+    check_output_folder(tmp_path / "new" / "nested")
+    assert (tmp_path / "new" / "nested").is_dir() and not list((tmp_path / "new" / "nested").iterdir())
+    check_output_file(tmp_path / "other" / "model.onnx")
+    assert not (tmp_path / "other" / "model.onnx").exists()

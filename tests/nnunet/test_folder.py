@@ -18,9 +18,7 @@ from segtrt.nnunet.folder import read_model_folder
 
 pytestmark = pytest.mark.slow
 
-nnunet_factory = pytest.importorskip("nnunet_factory")
-
-
+import nnunet_factory
 @pytest.fixture
 def model_copy(nnunet_model_folder, tmp_path) -> Path:
     """A private copy of the default factory model folder, free to modify."""

@@ -219,3 +219,26 @@ def test_load_model_on_cuda(nnunet_model_folder):
     # cuDNN convolutions run in TF32 by default (10-bit mantissa, ~1e-3 relative error per layer);
     # not measured here (no GPU on the development machine): 1e-2 of the logit range bounds it loosely
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-2 * np.abs(expected).max())
+
+
+def test_each_checkpoint_is_read_from_disk_once(monkeypatch):
+    from pathlib import Path
+
+    from segtrt.config import DEFAULT_MODEL_DIR
+    from segtrt.nnunet import load_model
+    from segtrt.nnunet.model import model_identity
+
+    reads: list[str] = []
+    original = Path.read_bytes
+
+    def counting(self):
+        if self.suffix == ".pth":
+            reads.append(self.name)
+        return original(self)
+
+    monkeypatch.setattr(Path, "read_bytes", counting)
+    monkeypatch.setattr("segtrt.nnunet.model._file_sha256", lambda path: (_ for _ in ()).throw(AssertionError(path)))
+    model = load_model(DEFAULT_MODEL_DIR)
+    assert reads == ["checkpoint_final.pth"], reads  # one fold: the configuration lookup reused the same read
+    monkeypatch.undo()
+    assert model.identity == model_identity(model.folder)  # the digest of the read equals the file's

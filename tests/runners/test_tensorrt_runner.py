@@ -13,13 +13,14 @@ Three kinds of test, kept apart:
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX (segtrt[rtx]) builds the plans in these tests")
+import tensorrt_rtx  # noqa: F401  (TensorRT-RTX, a test dependency, builds the plans: missing = failure)
 
 from dynamic_network_architectures.architectures.unet import PlainConvUNet  # noqa: E402
 
@@ -89,6 +90,24 @@ def test_unloadable_engine_is_refused_with_tensorrt_reason(onnx_files, tmp_path)
     with pytest.raises(BackendUnavailableError, match="cannot load this engine on this machine: .*compute capability"):
         runner.activate()
     assert not runner.is_active
+
+
+def _runner_with_context(context) -> TensorRTRunner:
+    """A runner whose execution context is ``context`` (no engine, no GPU): for the API guards."""
+    runner = TensorRTRunner.__new__(TensorRTRunner)
+    runner._context = context
+    runner._loaded = types.SimpleNamespace(flavor=types.SimpleNamespace(label="TensorRT 10.16.0"))
+    return runner
+
+
+def test_cuda_graph_capture_is_refused_where_tensorrt_cannot_tell():
+    # TensorRT 10.16's Python IExecutionContext has no is_stream_capturable: no AttributeError mid-case
+    with pytest.raises(BackendUnavailableError, match=r"TensorRT 10\.16\.0 cannot say whether .*cuda_graph=False"):
+        _runner_with_context(types.SimpleNamespace())._check_capturable(0)
+    refusing = types.SimpleNamespace(is_stream_capturable=lambda handle: False)
+    with pytest.raises(BackendUnavailableError, match="cannot be captured"):
+        _runner_with_context(refusing)._check_capturable(0)
+    _runner_with_context(types.SimpleNamespace(is_stream_capturable=lambda handle: True))._check_capturable(0)
 
 
 def test_missing_engine_file_is_a_user_error(tmp_path):
