@@ -30,7 +30,9 @@ LAYERS: list[tuple[str, ...]] = [
     # 4: orchestration and user-facing library entry points
     ("segtrt.predictor", "segtrt.pipeline", "segtrt.run", "segtrt.batch", "segtrt.outputs", "segtrt.verify.model",
      "segtrt.machine_info", "segtrt.testing"),
-    # 5: the command line
+    # 5: scale-out above the batch job: Ray actors, and the choice of where a batch runs
+    ("segtrt.scaleout", "segtrt.spread"),
+    # 6: the command line
     ("segtrt.commands", "segtrt.cli"),
 ]
 

@@ -45,15 +45,18 @@ class BatchListener(Protocol):
 def run_batch(
     model_dir: Path, inputs: Sequence[Path], output_dir: Path, settings: PredictSettings,
     batch: BatchSettings = BatchSettings(), listener: BatchListener | None = None,
-    outputs: OutputOptions = OutputOptions(), scale: ScaleSettings = ScaleSettings(),
+    outputs: OutputOptions = OutputOptions(), scale: ScaleSettings = ScaleSettings(), workers=None,
 ) -> BatchReport:
     """Predict every case found in ``inputs`` into ``output_dir``; a failing case is reported, not fatal.
 
-    Raises SegtrtError for problems of the whole run (no model, no cases, an output over an input);
-    KeyboardInterrupt after the finished cases are written and recorded, with the report saying so.
+    ``workers``: the opened workers of ``--devices`` / ``--ray`` (segtrt.spread opens them from ``scale``);
+    None runs on this process's one device. Raises SegtrtError for problems of the whole run (no model,
+    no cases, an output over an input); KeyboardInterrupt after the finished cases are written and
+    recorded, with the report saying so.
     """
     started = time.perf_counter()
-    workers = _open_workers(scale, model_dir, settings)  # --devices / --ray; None on one device
+    if scale.spread and workers is None:
+        raise ValueError("a --devices / --ray batch needs its workers: call segtrt.spread.predict_batch")
     if workers is None:
         device, device_reason = resolve_device(settings.device)
         model = load_model(model_dir, configuration=settings.configuration, folds=settings.folds,
@@ -98,20 +101,6 @@ def run_batch(
             workers.close()
         _write_batch_outputs(report, outputs)
     return report
-
-
-def _open_workers(scale: ScaleSettings, model_dir: Path, settings: PredictSettings):
-    """The workers of ``--devices`` (segtrt.batch.multi_device) or ``--ray`` (segtrt.scaleout; imports Ray),
-    or None for the one-device path, which imports neither."""
-    if scale.devices:
-        from segtrt.batch.multi_device import DeviceWorkers
-
-        return DeviceWorkers(scale.devices, model_dir, settings)
-    if scale.ray_address is not None:
-        from segtrt.scaleout import RayWorkers
-
-        return RayWorkers(scale, model_dir, settings)
-    return None
 
 
 def result_settings(settings: PredictSettings, folder) -> dict:

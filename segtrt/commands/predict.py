@@ -162,7 +162,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[PredictSettings, Batch
 
 
 def run(args: argparse.Namespace) -> int:
-    from segtrt.batch import run_batch
+    from segtrt.spread import predict_batch
     from segtrt.commands.progress import BatchProgress, print_summary
     from segtrt.outputs import output_options_from_args
 
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     quiet = bool(getattr(args, "quiet", False))
     progress = BatchProgress(bar=not args.no_progress and not quiet and sys.stderr.isatty(), quiet=quiet)
     try:
-        report = run_batch(model, args.inputs, args.output, settings, batch, listener=progress, outputs=outputs,
+        report = predict_batch(model, args.inputs, args.output, settings, batch, listener=progress, outputs=outputs,
                            scale=scale)
     finally:
         progress.close()

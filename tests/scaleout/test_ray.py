@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from segtrt.batch import MANIFEST_NAME, REPORT_NAME, run_batch
+from segtrt.batch import MANIFEST_NAME, REPORT_NAME
+from segtrt.spread import predict_batch
 from segtrt.cli import main
 from segtrt.config import DEFAULT_MODEL_DIR, PredictSettings, ScaleSettings
 
@@ -92,7 +93,7 @@ def test_a_worker_killed_mid_batch_loses_no_case_and_duplicates_none(ray_cluster
     cases, reference = folder
     out, killer = tmp_path / "out", KillOneWorker()
     scale = ScaleSettings(ray_address="local", ray_workers=2, ray_cpu_only=True)
-    report = run_batch(DEFAULT_MODEL_DIR, [cases], out, PredictSettings(device="cpu", mirror=False), listener=killer,
+    report = predict_batch(DEFAULT_MODEL_DIR, [cases], out, PredictSettings(device="cpu", mirror=False), listener=killer,
                        scale=scale)
     assert killer.killed is not None and report.counts()["done"] == CASES
     retries = report.io["retries"]
@@ -120,7 +121,7 @@ def test_a_killed_driver_resumes(ray_cluster, ray_tmpdir: Path, folder, tmp_path
     driver.wait()
     done_before = len(done_records(out))
     assert 1 <= done_before < CASES
-    report = run_batch(DEFAULT_MODEL_DIR, [cases], out, PredictSettings(device="cpu", mirror=False),
+    report = predict_batch(DEFAULT_MODEL_DIR, [cases], out, PredictSettings(device="cpu", mirror=False),
                        scale=ScaleSettings(ray_address="local", ray_workers=2, ray_cpu_only=True))
     assert report.counts() == {"done": CASES - done_before, "skipped": done_before, "failed": 0, "pending": 0}
     assert report.resume["resumed"]
