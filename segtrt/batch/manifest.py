@@ -21,19 +21,19 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from segtrt.io.cases import Case
+from segtrt.io.writers import TEMPORARY_NAME, flush_folder
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "segtrt_manifest.jsonl"
-#: Temporary files of segtrt's atomic writer (segtrt.io.writers.atomic_path): '.<name>.<12 hex>.tmp<ending>'.
-TEMPORARY_FILE = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp(\.[A-Za-z0-9.]+)?$")
+#: Temporary files of segtrt's atomic writer (segtrt.io.writers.atomic_path).
+TEMPORARY_FILE = TEMPORARY_NAME
 
 
 def fingerprint(case: Case) -> list[dict]:
@@ -119,7 +119,7 @@ class Manifest:
             handle.flush()
             os.fsync(handle.fileno())
         if not self.existed:
-            _fsync_folder(self.path.parent)
+            flush_folder(self.path.parent)
             self.existed = True
 
 
@@ -159,13 +159,3 @@ def _read_records(path: Path) -> dict[str, dict]:
             except (json.JSONDecodeError, KeyError, TypeError):
                 logger.warning("%s line %d cannot be read (an interrupted append?); ignoring it", path, number)
     return records
-
-
-def _fsync_folder(folder: Path) -> None:
-    if os.name != "posix":
-        return
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

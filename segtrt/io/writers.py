@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import tempfile
 from contextlib import contextmanager
@@ -27,6 +28,9 @@ logger = logging.getLogger(__name__)
 #: File endings :func:`write_segmentation` can write (SimpleITK picks the format from the ending).
 SEGMENTATION_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
 _MAX_LABEL = int(np.iinfo(np.uint16).max)
+#: Names of :func:`atomic_path`'s temporary files ('.<name>.<pid>.<12 hex>.tmp<ending>'), for clean-up
+#: after a killed run (segtrt.batch.manifest.remove_temporary_files).
+TEMPORARY_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp(\.[A-Za-z0-9.]+)?$")
 
 
 @contextmanager
@@ -54,7 +58,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    _flush_folder(path.parent)
+    flush_folder(path.parent)
 
 
 def check_output_folder(folder: Path) -> None:
@@ -165,7 +169,7 @@ def _flush_to_disk(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def _flush_folder(folder: Path) -> None:
+def flush_folder(folder: Path) -> None:
     """Make the rename durable where the platform allows syncing a folder (POSIX)."""
     if os.name != "posix":
         return
