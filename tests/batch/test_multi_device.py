@@ -18,7 +18,7 @@ from segtrt.config import DEFAULT_MODEL_DIR
 from segtrt.errors import BackendUnavailableError
 from segtrt.io import Case
 
-SAMPLE_CT = DEFAULT_MODEL_DIR.parent / "example_ct.nii.gz"
+SAMPLE_CT = Path(__file__).resolve().parents[2] / "sample_data" / "example_ct.nii.gz"
 FAST = ["--no-tta", "--no-progress"]
 
 

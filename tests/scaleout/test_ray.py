@@ -21,7 +21,7 @@ from segtrt.spread import predict_batch
 from segtrt.cli import main
 from segtrt.config import DEFAULT_MODEL_DIR, PredictSettings, ScaleSettings
 
-SAMPLE_CT = DEFAULT_MODEL_DIR.parent / "example_ct.nii.gz"
+SAMPLE_CT = Path(__file__).resolve().parents[2] / "sample_data" / "example_ct.nii.gz"
 FAST = ["--no-tta", "--no-progress"]
 RAY = ["--ray", "--ray-cpu-only", "--ray-workers", "2"]
 CASES = 4
