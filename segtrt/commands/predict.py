@@ -162,11 +162,10 @@ def settings_from_args(args: argparse.Namespace) -> tuple[PredictSettings, Batch
 
 
 def run(args: argparse.Namespace) -> int:
-    from segtrt.spread import predict_batch
     from segtrt.commands.progress import BatchProgress, print_summary
-    from segtrt.outputs import output_options_from_args
-
     from segtrt.io.writers import check_output_folder
+    from segtrt.outputs import output_options_from_args
+    from segtrt.spread import predict_batch
 
     settings, batch = settings_from_args(args)
     check_output_folder(args.output)
@@ -181,8 +180,8 @@ def run(args: argparse.Namespace) -> int:
     quiet = bool(getattr(args, "quiet", False))
     progress = BatchProgress(bar=not args.no_progress and not quiet and sys.stderr.isatty(), quiet=quiet)
     try:
-        report = predict_batch(model, args.inputs, args.output, settings, batch, listener=progress, outputs=outputs,
-                           scale=scale)
+        report = predict_batch(model, args.inputs, args.output, settings, batch, listener=progress,
+                               outputs=outputs, scale=scale)
     finally:
         progress.close()
     print_summary(report, quiet=quiet)
