@@ -23,7 +23,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Sequence, TypeVar
 
-from segtrt.batch.scheduler import Limits, ScheduleRun
+from segtrt.batch.scheduler import Limits, ScheduleRun, Timeline
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class _Pool:
         self.stopped = threading.Event()
         self.threads: list[threading.Thread] = []
         self.outcome: ScheduleRun = ScheduleRun([None] * len(cases))
-        self.start_time = time.perf_counter()
+        self.timeline = Timeline(self.outcome.timeline, time.perf_counter())
         self.reported = 0
 
     def start(self, prepare: Callable[[int], None] | None) -> None:
@@ -197,11 +197,4 @@ class _Pool:
         self.events.put(("written", index, future))
 
     def _timed(self, index: int, step: str, function, *args):
-        begin = time.perf_counter()
-        try:
-            return function(*args)
-        finally:
-            end = time.perf_counter()
-            with self.lock:
-                self.outcome.timeline.append((index, step, threading.current_thread().name,
-                                              round(begin - self.start_time, 4), round(end - self.start_time, 4)))
+        return self.timeline.timed(index, step, function, *args)

@@ -128,8 +128,7 @@ class _Loop(Generic[CaseT, ResultT]):
         self.reads: deque[tuple[int, Future]] = deque()
         self.writes: dict[Future, int] = {}
         self.next_read = 0
-        self.start = time.perf_counter()
-        self.lock = threading.Lock()
+        self.timeline = Timeline(self.outcome.timeline, time.perf_counter())
 
     def run(self, prepare: Callable[[], None] | None) -> None:
         self._fill_reads(0)
@@ -206,14 +205,26 @@ class _Loop(Generic[CaseT, ResultT]):
         return _FAILED
 
     def _timed(self, index: int, step: str, function, *args):
+        return self.timeline.timed(index, step, function, *args)
+
+
+class Timeline:
+    """Thread-safe (case index, step, thread, start, end) entries, seconds since ``start``
+    (``time.perf_counter``); :meth:`timed` runs a step and records it."""
+
+    def __init__(self, entries: list, start: float) -> None:
+        self.entries, self.start = entries, start
+        self.lock = threading.Lock()
+
+    def timed(self, index: int, step: str, function, *args):
         begin = time.perf_counter()
         try:
             return function(*args)
         finally:
             end = time.perf_counter()
             with self.lock:
-                self.outcome.timeline.append((index, step, threading.current_thread().name,
-                                              round(begin - self.start, 4), round(end - self.start, 4)))
+                self.entries.append((index, step, threading.current_thread().name,
+                                     round(begin - self.start, 4), round(end - self.start, 4)))
 
 
 _FAILED = object()  # marks a case whose read or predict step failed (its result is already recorded)

@@ -14,6 +14,7 @@ from segtrt.errors import ModelFolderError
 from segtrt.nnunet.checkpoint import CheckpointReader
 from segtrt.nnunet.folder import DEFAULT_CHECKPOINT, ModelFolder, read_model_folder
 from segtrt.nnunet.network import build_network, load_weights
+from segtrt.io.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +66,7 @@ def model_identity(folder: ModelFolder, checkpoint_digests: dict[Path, str] | No
         if path in known:
             add(f"fold_{fold} sha256", text=known[path])
         else:
-            add(f"fold_{fold} sha256", text=_file_sha256(path))
-    return digest.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
+            add(f"fold_{fold} sha256", text=file_sha256(path))
     return digest.hexdigest()
 
 

@@ -44,13 +44,13 @@ from segtrt.engine.cache import cache_key, current_target
 from segtrt.io.locking import file_lock
 from segtrt.io.writers import atomic_write_bytes
 from segtrt.errors import CompiledCacheError
+from segtrt.io.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
 #: torch.compile modes -> inductor options of the ahead-of-time compile
 INDUCTOR_OPTIONS = {"default": {}, "max-autotune-no-cudagraphs": {"max_autotune": True}}
-_HASH_CHUNK = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,7 @@ def _reuse(path: Path, fields: dict, device: torch.device) -> Callable | None:
     if metadata["fields"] != fields:
         raise CompiledCacheError(f"compiled network {path} was made for other settings than its name says; "
                                  "delete it or rebuild it (segtrt build MODEL_FOLDER --rebuild)")
-    if _file_sha256(path) != metadata["package_sha256"]:
+    if file_sha256(path) != metadata["package_sha256"]:
         raise CompiledCacheError(f"compiled network {path} does not match the checksum in its metadata "
                                  "(changed or truncated); delete it or rebuild it (segtrt build MODEL_FOLDER --rebuild)")
     log.info("loading compiled network %s", path)
@@ -226,7 +226,7 @@ def _compile(network, shape, precision, channels_last, mode, device, path: Path,
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         probe(tmp, shape, channels_last, device)
-        digest, size = _file_sha256(tmp), tmp.stat().st_size
+        digest, size = file_sha256(tmp), tmp.stat().st_size
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -243,14 +243,6 @@ def _load(path: Path, device: torch.device) -> Callable:
 
     index = device.index if device.type == "cuda" and device.index is not None else -1
     return aoti_load_package(str(path), device_index=index)
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 _PROBE = """

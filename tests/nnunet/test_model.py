@@ -237,7 +237,7 @@ def test_each_checkpoint_is_read_from_disk_once(monkeypatch):
         return original(self)
 
     monkeypatch.setattr(Path, "read_bytes", counting)
-    monkeypatch.setattr("segtrt.nnunet.model._file_sha256", lambda path: (_ for _ in ()).throw(AssertionError(path)))
+    monkeypatch.setattr("segtrt.nnunet.model.file_sha256", lambda path: (_ for _ in ()).throw(AssertionError(path)))
     model = load_model(DEFAULT_MODEL_DIR)
     assert reads == ["checkpoint_final.pth"], reads  # one fold: the configuration lookup reused the same read
     monkeypatch.undo()
