@@ -65,8 +65,16 @@ def rel_err(out: torch.Tensor, reference: torch.Tensor) -> float:
     return float((out.float() - reference).abs().max() / reference.abs().max())
 
 
-def run_variant(name: str, net, x, reference, iters: int, graph: bool = False, **kwargs) -> dict:
-    """Activate a TorchRunner, time its first call and its steady state, check it, deactivate it."""
+def run_variant(name: str, net, x, reference, iters: int, graph: bool = False, inductor: dict | None = None,
+                **kwargs) -> dict:
+    """Activate a TorchRunner, time its first call and its steady state, check it, deactivate it.
+
+    inductor: ``torch._inductor.config`` values patched for this variant (e.g. ``{"freezing": True}``)."""
+    if inductor:
+        import torch._inductor.config as inductor_config
+
+        with inductor_config.patch(inductor):
+            return run_variant(name, net, x, reference, iters, graph, **kwargs)
     t0 = time.perf_counter()
     runner = TorchRunner(net, "cuda", batch_size=x.shape[0], **kwargs)
     runner.activate()
@@ -104,6 +112,9 @@ def cold_phase(args) -> list[dict]:
         ("eager fp16 ncdhw", {"precision": "fp16"}, False),
         ("compile fp16 ncdhw", {"precision": "fp16", "compile_mode": "default", "channels_last": False}, False),
         ("compile fp16 cl", {"precision": "fp16", "compile_mode": "default"}, True),
+        # inductor's freezing: weights become constants (folded casts, convolution weight layouts chosen once)
+        ("compile fp16 cl freezing", {"precision": "fp16", "compile_mode": "default",
+                                      "inductor": {"freezing": True}}, True),
     ]
     plan = [v for v in plan if v[0] not in args.skip]
     rows = []
@@ -149,7 +160,47 @@ SUBPHASES = {
     "cl": [("compile fp16 cl", {"compile_mode": "default"}, True)],
     "aot-graph": [("aot fp16 cl + cuda graph", {"compile_mode": "default", "ahead_of_time": True}, True)],
     "fp32": [("compile fp32 cl", {"compile_mode": "default", "precision": "fp32"}, False)],
+    # the same warm start with inductor compiling in this process (no pool of compile workers started)
+    "compile-warm-t1": [("compile fp16 cl warm cache, 1 compile thread", {"compile_mode": "default"}, False)],
 }
+#: environment of a sub-phase's process
+SUBPHASE_ENV = {"compile-warm-t1": {"TORCHINDUCTOR_COMPILE_THREADS": "1"}}
+
+
+def aot_diagnosis(out: Path) -> list[dict]:
+    """Why loading an AOTInductor package crashed: a tiny Conv3d package, compiled here, loaded and run
+    in a child with faulthandler on (its whole stderr kept), plus the C++ compiler inductor used."""
+    import shutil as _shutil
+
+    rows = []
+    compiler = _shutil.which("g++") or _shutil.which("c++")
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.splitlines()[:1] if compiler else []
+    for name, fp16, shape in [("aot tiny conv fp32", False, (2, 1, 32, 32, 32)), ("aot tiny conv fp16", True, (2, 1, 32, 32, 32))]:
+        t0 = time.perf_counter()
+        try:
+            from torch._inductor import aoti_compile_and_package
+
+            net = torch.nn.Sequential(torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.InstanceNorm3d(8, affine=True),
+                                      torch.nn.LeakyReLU(0.01), torch.nn.Conv3d(8, 3, 1)).cuda().eval()
+            from segtrt.runners.compiled_cache import Forward
+
+            example = torch.randn(shape, device="cuda")
+            with torch.no_grad():
+                program = torch.export.export(Forward(net, "fp16" if fp16 else "fp32").eval(), (example,), strict=False)
+            path = Path("/tmp") / f"{name.replace(' ', '_')}.pt2"
+            aoti_compile_and_package(program, package_path=str(path))
+            compiled = time.perf_counter() - t0
+            child = ("import faulthandler, sys, torch; faulthandler.enable(); from torch._inductor import aoti_load_package; "
+                     f"m = aoti_load_package({str(path)!r}); print('loaded', flush=True); "
+                     f"x = torch.randn({shape!r}, device='cuda'); y = m(x); torch.cuda.synchronize(); print('ran', y.shape)")
+            done = subprocess.run([sys.executable, "-X", "faulthandler", "-c", child], capture_output=True, text=True,
+                                  timeout=300)
+            rows.append({"variant": name, "compile_s": round(compiled, 1), "child_exit": done.returncode,
+                         "stdout": done.stdout[-500:], "stderr": done.stderr[-3000:], "compiler": version})
+        except Exception as exc:  # noqa: BLE001 - a diagnosis reports
+            rows.append({"variant": name, "error": repr(exc)[:1000], "compiler": version})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def sub_phase(args) -> list[dict]:
@@ -231,6 +282,7 @@ def main() -> int:
     p.add_argument("--skip", nargs="*", default=[], help="main-process variants to leave out")
     p.add_argument("--sub", nargs="*", default=["compile-warm"], choices=list(SUBPHASES), help="fresh-process phases to run, in order")
     p.add_argument("--no-extra", action="store_true", help="skip step 3")
+    p.add_argument("--aot-diagnosis", action="store_true", help="compile and load a tiny AOTInductor package first")
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -239,14 +291,15 @@ def main() -> int:
         (args.out / f"bench_compiled_{args.phase}.json").write_text(json.dumps(rows, indent=1))
         return 0
     start = time.perf_counter()
-    rows = cold_phase(args)
+    rows = aot_diagnosis(args.out) if args.aot_diagnosis else []
+    rows += cold_phase(args)
     for phase in args.sub:
         if phase in ("aot-graph", "fp32") and time.perf_counter() - start > args.budget_s:
             rows.append({"variant": phase, "skipped": "budget"})
             continue
         cmd = [sys.executable, __file__, "--phase", phase, "--workload", args.workload, "--batch", str(args.batch),
                "--iters", str(args.iters), "--out", str(args.out)]
-        code = subprocess.run(cmd, check=False).returncode
+        code = subprocess.run(cmd, check=False, env={**os.environ, **SUBPHASE_ENV.get(phase, {})}).returncode
         result = args.out / f"bench_compiled_{phase}.json"
         rows += json.loads(result.read_text()) if result.is_file() else [
             {"variant": phase, "error": f"process ended with {code} before writing its result"}]

@@ -115,8 +115,9 @@ def _nnunet_command() -> list[str]:
 
 
 def segtrt_run(cases: Path, out: Path, model: Path, tta: bool, device: str, extra: list[str], cache: Path,
-               log: Path) -> dict:
-    env = {**os.environ, "SEGTRT_CACHE_DIR": str(cache), "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor")}
+               log: Path, env_extra: dict[str, str] | None = None) -> dict:
+    env = {**os.environ, "SEGTRT_CACHE_DIR": str(cache), "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+           **(env_extra or {})}
     command = [sys.executable, "-m", "segtrt.cli", "predict", str(cases), "-o", str(out), "-m", str(model),
                "--device", device, "--no-progress", *extra] + ([] if tta else ["--no-tta"])
     result = timed(command, env, log)
@@ -140,8 +141,26 @@ def segtrt_run(cases: Path, out: Path, model: Path, tta: bool, device: str, extr
                   stage_mean_s={k: round(float(np.mean(v)), 3) for k, v in stages.items()},
                   stage_median_s={k: round(float(np.median(v)), 3) for k, v in stages.items()},
                   first_case_s={k: round(v, 3) for k, v in done[0]["seconds"].items()} if done else None,
-                  cases_done=len(done), timeline=io.get("timeline"))
+                  cases_done=len(done), timeline=io.get("timeline"), runner=report.get("backend", {}).get("runner"),
+                  phases=phases(result, report, predicts))
     return result
+
+
+def phases(result: dict, report: dict, predicts: list[tuple[float, float]]) -> dict:
+    """Where a run's wall time went: process start to the job (interpreter, imports), the job's start to
+    the first case's prediction (discovery, model load, runner activation; reads overlap it), the first
+    case's prediction (a compiled network's warm start), the device loop (second to last case), the
+    writes after the last prediction, and the process's exit after the report's last write."""
+    io, begun, ended = report.get("io", {}), report.get("started_epoch"), report.get("finished_epoch")
+    if not predicts or begun is None or ended is None or io.get("started_epoch") is None:
+        return {}
+    first, last = io["started_epoch"] + predicts[0][0], io["started_epoch"] + predicts[-1][1]
+    return {"process_to_job_s": round(begun - result["start"], 2), "job_to_first_predict_s": round(first - begun, 2),
+            "first_predict_s": round(predicts[0][1] - predicts[0][0], 2),
+            "device_loop_s": round(predicts[-1][1] - predicts[1][0], 2) if len(predicts) > 1 else None,
+            "device_loop_s_per_case": round((predicts[-1][1] - predicts[1][0]) / (len(predicts) - 1), 3)
+            if len(predicts) > 1 else None,
+            "tail_writes_s": round(ended - last, 2), "exit_s": round(result["end"] - ended, 2)}
 
 
 def _first_written(io: dict) -> float | None:
@@ -182,6 +201,8 @@ def main() -> int:
     p.add_argument("--cache", type=Path, default=None, help="segtrt cache folder (default: OUT/cache, empty)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--threads", type=int, default=8, help="threads writing the synthetic CTs")
+    p.add_argument("--variant", action="append", default=[], metavar="'NAME|ENV=V ...|ARGS'",
+                   help="an extra warm segtrt run with these environment variables and extra options (repeatable)")
     args = p.parse_args()
     w = WORKLOADS[args.workload]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -208,6 +229,12 @@ def main() -> int:
                                                    extra, cache, args.out / f"segtrt_cold_{tag}.log")))
         runs.append(("segtrt warm", segtrt_run(cases, args.out / f"segtrt_warm_{tag}", model, tta, args.device,
                                                extra, cache, args.out / f"segtrt_warm_{tag}.log")))
+        for variant in args.variant:
+            name, env_text, more = (variant.split("|") + ["", ""])[:3]
+            env_extra = dict(item.split("=", 1) for item in env_text.split())
+            runs.append((f"segtrt {name}", segtrt_run(cases, args.out / f"segtrt_{name}_{tag}", model, tta,
+                                                      args.device, extra + shlex.split(more), cache,
+                                                      args.out / f"segtrt_{name}_{tag}.log", env_extra)))
         for name, run in runs:
             run.pop("_sampler", None)
             run.update(tool=name, tta=tta, s_per_case=round(run["wall_s"] / args.cases, 3))
@@ -237,6 +264,18 @@ def print_table(results: dict) -> None:
               f"{stages.get('read', '')} | {stages.get('write', '')} | {waited.get('read', '')} / "
               f"{waited.get('write', '')} | {labels.get('agreement_min', '')} | {labels.get('dice_min', '')} | "
               f"{r['exit_code']} |")
+    print("\n| tool | TTA | process->job s | job->1st predict s | 1st predict s | device loop s (per case) | "
+          "tail writes s | exit s | runner first call |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in results["runs"]:
+        ph, runner = r.get("phases") or {}, r.get("runner") or {}
+        if not ph:
+            continue
+        start = (runner.get("compiled") or {}).get("start", "")
+        print(f"| {r['tool']} | {'on' if r['tta'] else 'off'} | {ph['process_to_job_s']} | "
+              f"{ph['job_to_first_predict_s']} | {ph['first_predict_s']} | {ph['device_loop_s']} "
+              f"({ph['device_loop_s_per_case']}) | {ph['tail_writes_s']} | {ph['exit_s']} | "
+              f"{runner.get('activate_seconds', '')} {runner.get('first_call_seconds', '')} {start} |")
 
 
 def _gpu_name() -> str | None:

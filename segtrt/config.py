@@ -25,6 +25,8 @@ COMPILE_MODES = {"off": None, "default": "default", "max-autotune": "max-autotun
 AHEAD_OF_TIME = ("aot", "aot-max-autotune")
 #: --channels-last values -> TorchRunner(channels_last=...) (None = on when compiling on CUDA).
 CHANNELS_LAST = {"auto": None, "on": True, "off": False}
+#: --freeze values -> TorchRunner(freeze=...) (None = on when torch.compile-ing on CUDA).
+FREEZE = {"auto": None, "on": True, "off": False}
 ACCUMULATE_DTYPES = ("float32", "float16")
 STREAM_MODES = ("auto", "on", "off")
 #: What to do with NaN / +-Inf voxels in an input image: refuse the case, or replace them by 0.
@@ -66,6 +68,8 @@ class PredictSettings:
         the worker counts); ``False`` does read -> predict -> write strictly in sequence.
     channels_last: torch backend only: ``auto`` (weights and batches in channels_last_3d when compiling on
         CUDA, where it removes cuDNN's layout transposes), ``on`` or ``off``.
+    freeze: torch backend only: ``auto`` (inductor's freezing, weights as constants of the compiled graph,
+        for ``--compile default / max-autotune`` on CUDA), ``on`` or ``off``.
     nonfinite: NaN / Inf voxels in an input: ``error`` (default) refuses the case naming how many and
         where; ``zero`` replaces them by 0 before preprocessing (logged, and recorded in the run report).
 
@@ -91,6 +95,7 @@ class PredictSettings:
     overlap_io: bool = True
     channels_last: str = "auto"
     nonfinite: str = "error"
+    freeze: str = "auto"
 
     def __post_init__(self) -> None:
         _check_choice("device", self.device, "--device", None)
@@ -103,6 +108,7 @@ class PredictSettings:
         _check_choice("stream", self.stream, "--stream", STREAM_MODES)
         _check_choice("nonfinite", self.nonfinite, "--nonfinite", NONFINITE_POLICIES)
         _check_choice("channels_last", self.channels_last, "--channels-last", tuple(CHANNELS_LAST))
+        _check_choice("freeze", self.freeze, "--freeze", tuple(FREEZE))
         for name, option in (("mirror", "--no-tta"), ("save_probabilities", "--save-probabilities"),
                              ("trust_checkpoint", "--trust-checkpoint"), ("cuda_graph", "--cuda-graph"),
                              ("overlap_io", "--no-overlap-io")):
@@ -197,6 +203,10 @@ def _check_folds(folds: object) -> None:
         raise SettingsError(f"folds (-f) lists a fold twice: {', '.join(str(f) for f in folds)}")
 
 
+#: cases a Ray actor holds at once by default: one on the device, one being read, one being written
+RAY_CASES_PER_ACTOR = 3
+
+
 @dataclass(frozen=True)
 class ScaleSettings:
     """Where a batch runs beyond one device (segtrt.batch.multi_device, segtrt.scaleout). None changes results.
@@ -211,6 +221,8 @@ class ScaleSettings:
         actor's file IO overlaps another's network.
     max_retries: times a case is tried again after its worker was lost or hit an unexpected error
         before it is quarantined (failed, with every reason in the report).
+    cases_per_actor: cases each Ray actor holds at once (threads in the actor: one case on the device
+        while the others are read and written), so one actor keeps its GPU fed as the batch job does.
     """
 
     devices: tuple[str, ...] = ()
@@ -219,6 +231,7 @@ class ScaleSettings:
     ray_cpu_only: bool = False
     actors_per_gpu: int = 1
     max_retries: int = 2
+    cases_per_actor: int = RAY_CASES_PER_ACTOR
 
     def __post_init__(self) -> None:
         if self.devices and self.ray_address is not None:
@@ -227,12 +240,16 @@ class ScaleSettings:
             raise SettingsError(f"--ray-workers must be at least 1, got {self.ray_workers}")
         if self.actors_per_gpu < 1:
             raise SettingsError(f"--ray-actors-per-gpu must be at least 1, got {self.actors_per_gpu}")
+        if self.cases_per_actor < 1:
+            raise SettingsError(f"--ray-cases-per-actor must be at least 1, got {self.cases_per_actor}")
         if self.max_retries < 0:
             raise SettingsError(f"--retries must be 0 or more, got {self.max_retries}")
         if self.ray_cpu_only and self.ray_workers is None:
             raise SettingsError("--ray-cpu-only needs --ray-workers N (how many CPU actors to start)")
-        if (self.ray_cpu_only or self.ray_workers is not None or self.actors_per_gpu != 1) and self.ray_address is None:
-            raise SettingsError("--ray-workers, --ray-cpu-only and --ray-actors-per-gpu apply with --ray only")
+        if (self.ray_cpu_only or self.ray_workers is not None or self.actors_per_gpu != 1
+                or self.cases_per_actor != RAY_CASES_PER_ACTOR) and self.ray_address is None:
+            raise SettingsError("--ray-workers, --ray-cpu-only, --ray-actors-per-gpu and --ray-cases-per-actor apply "
+                                "with --ray only")
 
     @property
     def spread(self) -> bool:

@@ -54,7 +54,7 @@ def run_batch(
     no cases, an output over an input); KeyboardInterrupt after the finished cases are written and
     recorded, with the report saying so.
     """
-    started = time.perf_counter()
+    started, started_epoch = time.perf_counter(), time.time()
     if scale.spread and workers is None:
         raise ValueError("a --devices / --ray batch needs its workers: call segtrt.spread.predict_batch")
     if workers is None:
@@ -82,7 +82,7 @@ def run_batch(
         device=device_entry, backend=backend,
         model={"path": str(folder.path), "configuration": folder.configuration_name, "folds": list(folder.folds),
                "identity": model.identity, "settings_key": key},
-        cases=records, discovery=_discovery_entry(found), started=started,
+        cases=records, discovery=_discovery_entry(found), started=started, started_epoch=started_epoch,
         resume={**resume, "temporary_files_removed": len(removed)},
     )
     report.startup["model_load_seconds"] = round(model_seconds, 3)
@@ -214,6 +214,8 @@ def _run_cases(report, to_run, manifest, model, runners, settings, batch, device
         raise
     finally:
         predictor.close()
+        # after the first call: how the compiled network started (warm or cold cache), first-call seconds
+        report.backend["runner"] = runners[0].describe()
     threads = ({"read_workers": limits.read_workers, "read_ahead": limits.read_ahead,
                 "write_workers": limits.write_workers} if settings.overlap_io else {})
     report.io = {"overlapped": settings.overlap_io, **threads,

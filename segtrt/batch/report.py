@@ -67,6 +67,9 @@ class BatchReport:
     state: str = "running"
     seconds_total: float = 0.0
     started: float = field(default_factory=time.perf_counter)
+    #: wall clock of the job's start and of the last write once it ended (to line it up with outside timings)
+    started_epoch: float = field(default_factory=time.time)
+    finished_epoch: float | None = None
 
     def counts(self) -> dict[str, int]:
         counts = {"done": 0, "skipped": 0, "failed": 0, "pending": 0}
@@ -91,11 +94,15 @@ class BatchReport:
             "batch_outputs": self.batch_outputs,
             "summary": self.summary(), "failed": self.counts()["failed"],
             "cases": [c.to_dict() for c in self.cases], "seconds_total": round(self.seconds_total, 3),
+            "started_epoch": round(self.started_epoch, 3),
+            "finished_epoch": round(self.finished_epoch, 3) if self.finished_epoch else None,
         }
         return json.dumps(body, indent=2, default=_default)
 
     def write(self) -> None:
         self.seconds_total = time.perf_counter() - self.started
+        if self.state != "running":
+            self.finished_epoch = time.time()
         atomic_write_bytes(self.path, self.to_json().encode())
 
 

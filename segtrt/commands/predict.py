@@ -16,6 +16,7 @@ from segtrt.config import (
     BACKENDS,
     CHANNELS_LAST,
     COMPILE_MODES,
+    FREEZE,
     DEFAULT_MODEL_DIR,
     NONFINITE_POLICIES,
     PRECISIONS,
@@ -85,6 +86,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cuda-graph", action="store_true", help="torch backend: replay the network from CUDA graphs")
     p.add_argument("--channels-last", default=d.channels_last, choices=tuple(CHANNELS_LAST),
                    help="torch backend: weights and patches in channels_last_3d (auto: when compiling on CUDA)")
+    p.add_argument("--freeze", default=d.freeze, choices=tuple(FREEZE),
+                   help="torch backend: compile the weights in as constants (inductor freezing; auto: with --compile "
+                        "default / max-autotune on CUDA)")
     p.add_argument("--nonfinite", default=d.nonfinite, choices=NONFINITE_POLICIES,
                    help="NaN/Inf voxels in an input: error refuses the case (saying how many and where), zero "
                         "replaces them by 0 and records it in the report (default: %(default)s)")
@@ -127,6 +131,9 @@ def _add_scale_options(p: argparse.ArgumentParser) -> None:
                    help="CPU actors (num_cpus=1, no GPU) instead of GPU actors; needs --ray-workers")
     g.add_argument("--ray-actors-per-gpu", type=int, default=s.actors_per_gpu, metavar="K",
                    help="actors sharing each GPU (num_gpus=1/K), so one actor's file IO overlaps another's network")
+    g.add_argument("--ray-cases-per-actor", type=int, default=s.cases_per_actor, metavar="K",
+                   help="cases each actor holds at once: one on its device while the others are read and written "
+                        "(default: %(default)s)")
     g.add_argument("--retries", type=int, default=s.max_retries, metavar="N",
                    help="with --ray: tries again after a lost worker or an unexpected error before a case is "
                         "quarantined")
@@ -142,7 +149,7 @@ def scale_from_args(args: argparse.Namespace) -> ScaleSettings:
             raise SegtrtError(f"--devices must list devices, e.g. cuda:0,cuda:1 or all; got {args.devices!r}")
     return ScaleSettings(devices=devices, ray_address=args.ray, ray_workers=args.ray_workers,
                          ray_cpu_only=args.ray_cpu_only, actors_per_gpu=args.ray_actors_per_gpu,
-                         max_retries=args.retries)
+                         max_retries=args.retries, cases_per_actor=args.ray_cases_per_actor)
 
 
 def settings_from_args(args: argparse.Namespace) -> tuple[PredictSettings, BatchSettings]:
@@ -152,7 +159,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[PredictSettings, Batch
         backend=args.backend, folds=tuple(args.folds) if args.folds else None, configuration=args.configuration,
         checkpoint_name=args.checkpoint, trust_checkpoint=args.trust_checkpoint, compile=args.compile,
         cuda_graph=args.cuda_graph, stream=args.stream, overlap_io=not args.no_overlap_io,
-        channels_last=args.channels_last, nonfinite=args.nonfinite,
+        channels_last=args.channels_last, nonfinite=args.nonfinite, freeze=args.freeze,
     )
     batch = BatchSettings(
         recursive=args.recursive, overwrite=args.overwrite, io_workers=args.io_workers, modality=args.modality,

@@ -6,6 +6,11 @@ module can be tested, and imported on a worker node, like any other. Every outpu
 (segtrt.io.writers), so running a case again after its worker was lost mid-case is safe: the second
 run replaces the files of the first (or the temporary files the lost one left are removed at the next
 start of a batch in that folder).
+
+An actor holds several cases at once (Ray runs its methods on ``max_concurrency`` threads): reading and
+writing happen on those threads (SimpleITK releases Python's lock), and the device takes one case at a
+time (a lock around the prediction), so the next case's read and the previous one's write overlap the
+current one's network, as in the one-machine batch job.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import threading
 import time
 from pathlib import Path
 
@@ -48,6 +54,7 @@ class CaseWorker:
         self.steps.predictor = self.predictor
         self.identity = model.identity
         self.cases_done = 0
+        self.device_lock = threading.Lock()  # one case at a time on the device
         self.info = {"pid": os.getpid(), "host": platform.node(), "device": str(self.device),
                      "device_reason": reason, "model_identity": model.identity,
                      "startup_seconds": round(time.perf_counter() - started, 3),
@@ -70,20 +77,23 @@ class CaseWorker:
         """Read, predict and write ``case``: its record, and this process's id with the (start, end)
         epoch seconds of each step. A segtrt error (a bad input, out of device memory) is the case's
         failed record, as on one machine; anything else raises, and the driver tries again."""
-        record = CaseRecord(case.case_id, inputs=inputs)
-        self.steps.records = {case.case_id: record}
+        self.steps.records[case.case_id] = CaseRecord(case.case_id, inputs=inputs)  # one entry per case held
         steps: dict[str, tuple[float, float]] = {}
         try:
             begin = time.time()
             loaded = self.steps.read(case)
             steps["read"] = (begin, time.time())
-            predicted = self.steps.predict(case, loaded)
-            steps["predict"] = (steps["read"][1], time.time())
+            with self.device_lock:
+                begin = time.time()
+                predicted = self.steps.predict(case, loaded)
+                steps["predict"] = (begin, time.time())
             del loaded
             result = self.steps.write(case, predicted)
             steps["write"] = (steps["predict"][1], time.time())
         except SegtrtError as error:
             return self.steps.failed(case, error), {"pid": os.getpid(), "steps": steps}
+        finally:
+            self.steps.records.pop(case.case_id, None)
         self.cases_done += 1
         return result, {"pid": os.getpid(), "steps": steps}
 

@@ -1,8 +1,10 @@
 """``--ray``: the batch's cases on long-lived Ray actors, one warm predictor each; the driver (this
 process) owns discovery, the manifest, the report and the progress, exactly as on one machine.
 
-Dispatch: each actor holds at most one case; whichever actor is free takes the next (largest input
-first). A case is recorded once, by the driver, when its actor returns it. When an actor is lost
+Dispatch: each actor holds up to ``cases_per_actor`` cases at once (it reads and writes some while its
+device predicts another: segtrt.scaleout.actor); whichever actor has room takes the next (largest input
+first). A case tried again runs alone on an idle actor, so that a loss it suffers there is its own: the
+cases that were held together with a case that kills its worker are not charged for it twice. A case is recorded once, by the driver, when its actor returns it. When an actor is lost
 mid-case (its process killed, its node gone) or a case raises something that is not a segtrt error,
 the case is queued again, at most ``max_retries`` times, and the lost actor is replaced; a case that
 keeps failing is quarantined: failed, with every attempt's reason in the record and in
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -81,10 +83,11 @@ class RayWorkers:
                 raise ModelFolderError(f"the Ray worker on {info['host']} reads other model files at {self.model_dir} "
                                        "than the driver; every node must see the same model folder")
         self.slots = [{"slot": i, **{k: info[k] for k in ("pid", "host", "device", "startup_seconds")},
-                       "case": None, "cases": 0, "replaced": 0} for i, info in enumerate(described)]
+                       "holding": [], "cases": 0, "replaced": 0} for i, info in enumerate(described)]
         log.info("%d Ray actor(s) ready (%s each)", count, self.options)
         return {**described[0]["backend"], "ray": {"address": self.address, "actors": count,
-                                                    "actor_options": self.options}}
+                                                    "actor_options": self.options,
+                                                    "cases_per_actor": self.scale.cases_per_actor}}
 
     def _sizing(self) -> tuple[int, dict]:
         """How many actors, and the resources each asks for; refused when the cluster has too few
@@ -108,7 +111,8 @@ class RayWorkers:
         return count, options
 
     def _new_actor(self):
-        remote = self.ray.remote(CaseWorker).options(max_restarts=0, max_task_retries=0, **self.options)
+        remote = self.ray.remote(CaseWorker).options(max_restarts=0, max_task_retries=0,
+                                                     max_concurrency=self.scale.cases_per_actor, **self.options)
         return remote.remote(*self.arguments)
 
     def run_cases(self, report, to_run, manifest, batch, listener, writer) -> None:
@@ -161,8 +165,12 @@ class _Dispatch:
         self.workers, self.ray, self.report = workers, workers.ray, report
         self.ordered, self.manifest, self.listener = ordered, manifest, listener
         self.queue = deque(range(len(ordered)))
-        self.free = deque(range(len(workers.actors)))
-        self.in_flight: dict = {}  # object ref -> (slot, case index)
+        slots = range(len(workers.actors))
+        # one entry per case an actor can take; round-robin, so the first cases spread over the actors
+        self.free = deque(slot for _ in range(workers.scale.cases_per_actor) for slot in slots)
+        self.generation = [0 for _ in slots]  # bumped when a slot's actor is replaced
+        self.alive = [True for _ in slots]
+        self.in_flight: dict = {}  # object ref -> (slot, its actor's generation, case index)
         self.reasons: list[list[str]] = [[] for _ in ordered]
         self.by_id = {record.case_id: record for record in report.cases}
         self.position = {record.case_id: i for i, record in enumerate(report.cases)}
@@ -175,37 +183,64 @@ class _Dispatch:
                                      "are spent)")
                 return
             ready, _ = self.ray.wait(list(self.in_flight), num_returns=1)
-            slot, index = self.in_flight.pop(ready[0])
-            self.workers.slots[slot]["case"] = None
-            record = self._result(ready[0], slot, index)
+            slot, generation, index, places = self.in_flight.pop(ready[0])
+            holding = self.workers.slots[slot]["holding"]
+            if self.ordered[index].case_id in holding:
+                holding.remove(self.ordered[index].case_id)
+            record = self._result(ready[0], slot, generation, index)
+            self._give_back(slot, places)
             self._submit()  # keep the actors busy before recording
             if record is not None:
                 self._finished(index, record)
 
     def _submit(self) -> None:
         while self.free and self.queue:
-            slot, index = self.free.popleft(), self.queue.popleft()
+            index = self.queue[0]
+            if self.reasons[index]:  # tried before: alone, on an actor that holds nothing
+                slot = self._idle_slot()
+                if slot is None:
+                    return  # wait until an actor has finished what it holds
+                places = [self.free.remove(slot) for _ in range(self.workers.scale.cases_per_actor)]
+            else:
+                slot, places = self.free.popleft(), [None]
+            self.queue.popleft()
             case = self.ordered[index]
             ref = self.workers.actors[slot].run_case.remote(case, self.by_id[case.case_id].inputs)
-            self.in_flight[ref] = (slot, index)
-            self.workers.slots[slot]["case"] = case.case_id
+            self.in_flight[ref] = (slot, self.generation[slot], index, len(places))
+            self.workers.slots[slot]["holding"].append(case.case_id)
 
-    def _result(self, ref, slot: int, index: int) -> CaseRecord | None:
-        """The case's record, or None when it was queued again (or quarantined, recorded here)."""
+    def _idle_slot(self) -> int | None:
+        """An actor with every one of its places free (it holds no case), if there is one."""
+        counts = Counter(self.free)
+        idle = [slot for slot, free in counts.items() if free == self.workers.scale.cases_per_actor]
+        return idle[0] if idle else None
+
+    def _give_back(self, slot: int, places: int) -> None:
+        """The places a finished case took on ``slot``, unless its actor is gone for good."""
+        if self.alive[slot]:
+            self.free.extend([slot] * places)
+
+    def _result(self, ref, slot: int, generation: int, index: int) -> CaseRecord | None:
+        """The case's record, or None when it was queued again (or quarantined, recorded here).
+
+        When an actor is lost, every case it held fails here: the first one replaces the actor (once per
+        actor), and each returns its place to the new actor."""
         exceptions = self.ray.exceptions
         try:
             record = self.ray.get(ref)
         except exceptions.RayActorError as error:
             reason = f"its Ray worker (actor {slot}, pid {self.workers.slots[slot]['pid']}) was lost: " \
                      f"{type(error).__name__}"
-            if self.workers.replace(slot):
-                self.free.append(slot)
+            if generation == self.generation[slot]:
+                self.alive[slot] = self.workers.replace(slot)
+                self.generation[slot] += 1
+                self.workers.slots[slot]["holding"] = []
+                if not self.alive[slot]:  # no replacement: none of its places may be taken again
+                    self.free = deque(other for other in self.free if other != slot)
             return self._again(index, reason)
         except exceptions.RayError as error:
-            self.free.append(slot)
             cause = getattr(error, "cause", None) or error
             return self._again(index, f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")
-        self.free.append(slot)
         record, timing = record
         self.workers.slots[slot].update(cases=self.workers.slots[slot]["cases"] + 1, pid=timing["pid"])
         start = self.report.io["started_epoch"]

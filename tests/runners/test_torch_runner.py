@@ -42,6 +42,7 @@ def test_rejects_unknown_compile_mode_and_cpu_graphs():
 def test_compiled_matches_eager_on_cpu(tmp_path, monkeypatch):
     # inductor's CPU code generation: same maths, other kernels; fp32 reassociation stays ~1e-6 of the logits
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("SEGTRT_CACHE_DIR", str(tmp_path / "segtrt"))
     net = _net()
     x = torch.randn(2, 1, 8, 8, 8)
     with torch.no_grad():
@@ -51,13 +52,17 @@ def test_compiled_matches_eager_on_cpu(tmp_path, monkeypatch):
         out = runner.infer(x).numpy()
         assert runner.describe()["path"] == "compile:default"
         assert runner.first_call_seconds is not None
-        assert runner.describe()["compiled"]["start"] == "cold"
+        compiled = runner.describe()["compiled"]
+        assert compiled["start"] == "cold" and compiled["compile_workers"] == "inductor pool", compiled
     torch._dynamo.reset()
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
     assert any((tmp_path / "inductor").iterdir()), "inductor wrote no on-disk cache"
+    assert len(list((tmp_path / "segtrt" / "compiled" / "warm").glob("*.json"))) == 1, "no record of the compile"
     with TorchRunner(net, "cpu", compile_mode="default", batch_size=2) as runner:  # as a later process would
         again = runner.infer(x).numpy()
-        assert runner.describe()["compiled"]["start"] == "warm", runner.describe()
+        compiled = runner.describe()["compiled"]
+        # segtrt's record says the cache is warm: no pool of compile workers is started
+        assert compiled["start"] == "warm" and compiled["compile_workers"] == "in-process", compiled
     torch._dynamo.reset()
     np.testing.assert_array_equal(again, out)
 
@@ -115,6 +120,16 @@ def test_channels_last_eager_matches_ncdhw_on_cpu(kind, in_channels):
     np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
 
+def test_freeze_is_auto_only_for_torch_compile_on_cuda():
+    assert TorchRunner(_net(), "cpu").freeze is False
+    assert TorchRunner(_net(), "cpu", compile_mode="default", batch_size=2).freeze is False
+    assert TorchRunner(_net(), "cpu", compile_mode="default", batch_size=2, freeze=True).freeze
+    with pytest.raises(BackendUnavailableError, match="--freeze on applies to"):
+        TorchRunner(_net(), "cpu", freeze=True)
+    with pytest.raises(BackendUnavailableError, match="--freeze on applies to"):
+        TorchRunner(_net(), "cpu", compile_mode="default", ahead_of_time=True, freeze=True)
+
+
 def test_channels_last_is_auto_only_for_compiled_cuda():
     assert TorchRunner(_net(), "cpu").channels_last is False
     assert TorchRunner(_net(), "cpu", compile_mode="default", batch_size=2).channels_last is False
@@ -165,6 +180,7 @@ def test_channels_last_compiled_fp16_matches_eager_fp32_on_cuda(tmp_path, monkey
         expected = net(x).float().cpu().numpy()
     with TorchRunner(net, "cuda", "fp16", compile_mode="default", batch_size=2) as runner:
         assert runner.channels_last and runner.describe()["layout"] == "channels_last_3d"
+        assert runner.describe()["frozen_weights"] is True
         out = runner.infer(x)
         assert out.is_contiguous() and out.dtype == torch.float16
     torch._dynamo.reset()
