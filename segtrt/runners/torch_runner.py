@@ -131,15 +131,8 @@ class TorchRunner(Runner):
             cache = compiled_cache.inductor_cache_dir()
             log.info("torch.compile(mode=%s, %s%s), kernel cache %s", self.compile_mode, self._layout(),
                      ", frozen weights" if self.freeze else "", cache)
-            self._forward = torch.compile(self.network, backend="inductor", options=self._inductor_options(),
-                                          dynamic=False, fullgraph=True)
+            self._forward = torch.compile(self.network, mode=self.compile_mode, dynamic=False, fullgraph=True)
             self.activate_seconds["compile_setup"] = round(time.perf_counter() - start, 3)
-
-    def _inductor_options(self) -> dict:
-        """Inductor's settings for ``compile_mode`` (what ``torch.compile(mode=...)`` would use) plus freezing."""
-        from torch._inductor import list_mode_options
-
-        return {**list_mode_options(self.compile_mode), **({"freezing": True} if self.freeze else {})}
 
     def deactivate_impl(self) -> None:
         self._graphs.clear()
@@ -198,7 +191,13 @@ class TorchRunner(Runner):
                                                    self.channels_last, self.compile_mode, self.freeze, self.device)
         expect_warm = marker.is_file()
         before = _inductor_cache_counts()
-        with inductor_config.patch(compile_threads=1) if expect_warm else contextlib.nullcontext():
+        # set while dynamo traces and inductor compiles (both happen in this call): passed as torch.compile
+        # options instead, freezing reached inductor but not the tracing, and the weights were not frozen
+        # (H200: 6.2 ms/patch instead of 4.1)
+        patch = {"freezing": True} if self.freeze else {}
+        if expect_warm:
+            patch["compile_threads"] = 1
+        with inductor_config.patch(patch):
             out = self._run(batch)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
