@@ -219,31 +219,36 @@ def main() -> int:
     cache = args.cache or args.out / "cache"
     for tta in [t == "on" for t in args.tta]:
         tag = "tta_on" if tta else "tta_off"
-        runs = []
-        if not args.skip_nnunet:
-            runs.append(("nnU-Net CLI", nnunet_run(cases, args.out / f"nnunet_{tag}", model, tta, args.device,
-                                                   args.out / f"nnunet_{tag}.log")))
-        if not args.no_cold:
-            shutil.rmtree(cache, ignore_errors=True)
-            runs.append(("segtrt cold", segtrt_run(cases, args.out / f"segtrt_cold_{tag}", model, tta, args.device,
-                                                   extra, cache, args.out / f"segtrt_cold_{tag}.log")))
-        runs.append(("segtrt warm", segtrt_run(cases, args.out / f"segtrt_warm_{tag}", model, tta, args.device,
-                                               extra, cache, args.out / f"segtrt_warm_{tag}.log")))
-        for variant in args.variant:
-            name, env_text, more = (variant.split("|") + ["", ""])[:3]
-            env_extra = dict(item.split("=", 1) for item in env_text.split())
-            runs.append((f"segtrt {name}", segtrt_run(cases, args.out / f"segtrt_{name}_{tag}", model, tta,
-                                                      args.device, extra + shlex.split(more), cache,
-                                                      args.out / f"segtrt_{name}_{tag}.log", env_extra)))
-        for name, run in runs:
+        reference: list[dict] = []
+
+        def record(name: str, run: dict) -> None:
+            """Add a finished run to the results and rewrite the JSON (a run cut short keeps the earlier ones)."""
             run.pop("_sampler", None)
             run.update(tool=name, tta=tta, s_per_case=round(run["wall_s"] / args.cases, 3))
-            if not args.skip_nnunet and name != "nnU-Net CLI":
-                run["vs_nnunet"] = round(runs[0][1]["wall_s"] / run["wall_s"], 2)
+            if name == "nnU-Net CLI":
+                reference.append(run)
+            elif reference:
+                run["vs_nnunet"] = round(reference[0]["wall_s"] / run["wall_s"], 2)
                 run["labels"] = compare(args.out / f"nnunet_{tag}", args.out / f"segtrt_{name.split()[1]}_{tag}",
                                         w.classes)
             results["runs"].append(run)
-        (args.out / "folder_benchmark.json").write_text(json.dumps(results, indent=1, default=str))
+            (args.out / "folder_benchmark.json").write_text(json.dumps(results, indent=1, default=str))
+
+        if not args.skip_nnunet:
+            record("nnU-Net CLI", nnunet_run(cases, args.out / f"nnunet_{tag}", model, tta, args.device,
+                                             args.out / f"nnunet_{tag}.log"))
+        if not args.no_cold:
+            shutil.rmtree(cache, ignore_errors=True)
+            record("segtrt cold", segtrt_run(cases, args.out / f"segtrt_cold_{tag}", model, tta, args.device,
+                                             extra, cache, args.out / f"segtrt_cold_{tag}.log"))
+        record("segtrt warm", segtrt_run(cases, args.out / f"segtrt_warm_{tag}", model, tta, args.device,
+                                         extra, cache, args.out / f"segtrt_warm_{tag}.log"))
+        for variant in args.variant:
+            name, env_text, more = (variant.split("|") + ["", ""])[:3]
+            env_extra = dict(item.split("=", 1) for item in env_text.split())
+            record(f"segtrt {name}", segtrt_run(cases, args.out / f"segtrt_{name}_{tag}", model, tta, args.device,
+                                                extra + shlex.split(more), cache,
+                                                args.out / f"segtrt_{name}_{tag}.log", env_extra))
     print_table(results)
     return 0 if all(r["exit_code"] == 0 for r in results["runs"]) else 1
 
