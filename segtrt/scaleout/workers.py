@@ -4,7 +4,8 @@ process) owns discovery, the manifest, the report and the progress, exactly as o
 Dispatch: each actor holds up to ``cases_per_actor`` cases at once (it reads and writes some while its
 device predicts another: segtrt.scaleout.actor); whichever actor has room takes the next (largest input
 first). A case tried again runs alone on an idle actor, so that a loss it suffers there is its own: the
-cases that were held together with a case that kills its worker are not charged for it twice. A case is recorded once, by the driver, when its actor returns it. When an actor is lost
+cases that were held together with a case that kills its worker are not charged for it twice.
+A case is recorded once, by the driver, when its actor returns it. When an actor is lost
 mid-case (its process killed, its node gone) or a case raises something that is not a segtrt error,
 the case is queued again, at most ``max_retries`` times, and the lost actor is replaced; a case that
 keeps failing is quarantined: failed, with every attempt's reason in the record and in
@@ -170,7 +171,7 @@ class _Dispatch:
         self.free = deque(slot for _ in range(workers.scale.cases_per_actor) for slot in slots)
         self.generation = [0 for _ in slots]  # bumped when a slot's actor is replaced
         self.alive = [True for _ in slots]
-        self.in_flight: dict = {}  # object ref -> (slot, its actor's generation, case index)
+        self.in_flight: dict = {}  # object ref -> (slot, its actor's generation, case index, places taken)
         self.reasons: list[list[str]] = [[] for _ in ordered]
         self.by_id = {record.case_id: record for record in report.cases}
         self.position = {record.case_id: i for i, record in enumerate(report.cases)}
@@ -200,13 +201,14 @@ class _Dispatch:
                 slot = self._idle_slot()
                 if slot is None:
                     return  # wait until an actor has finished what it holds
-                places = [self.free.remove(slot) for _ in range(self.workers.scale.cases_per_actor)]
+                places = self.workers.scale.cases_per_actor
+                self.free = deque(other for other in self.free if other != slot)
             else:
-                slot, places = self.free.popleft(), [None]
+                slot, places = self.free.popleft(), 1
             self.queue.popleft()
             case = self.ordered[index]
             ref = self.workers.actors[slot].run_case.remote(case, self.by_id[case.case_id].inputs)
-            self.in_flight[ref] = (slot, self.generation[slot], index, len(places))
+            self.in_flight[ref] = (slot, self.generation[slot], index, places)
             self.workers.slots[slot]["holding"].append(case.case_id)
 
     def _idle_slot(self) -> int | None:
