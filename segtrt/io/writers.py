@@ -21,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from segtrt.errors import OutputPathError, SegtrtError
+from segtrt.io import gzip_codec
 from segtrt.io.geometry import Geometry
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def write_segmentation(path: Path, labels: np.ndarray, geometry: Geometry) -> Pa
     """Write a (Z, Y, X) integer label map with exactly ``geometry``'s spacing, origin and direction.
 
     Stored as uint8 when the largest label is <= 255, else uint16 (labels must be in 0..65535); the
-    file is compressed where the format allows. The format follows the ending (see SEGMENTATION_ENDINGS).
+    file is compressed where the format allows (.nii.gz by ISA-L at a fast level, see segtrt.io.gzip_codec). The format follows the ending (see SEGMENTATION_ENDINGS).
     Returns ``path``.
     """
     path = Path(path)
@@ -116,9 +117,23 @@ def write_segmentation(path: Path, labels: np.ndarray, geometry: Geometry) -> Pa
     image.SetOrigin(geometry.origin)
     image.SetDirection(geometry.direction)
     with atomic_path(path) as temporary:
-        sitk.WriteImage(image, str(temporary), True)
+        if _ending(path) == ".nii.gz":
+            _write_nifti_gz(image, temporary)
+        else:
+            sitk.WriteImage(image, str(temporary), True)
     logger.debug("wrote segmentation %s (%s)", path, image.GetPixelIDTypeAsString())
     return path
+
+
+def _write_nifti_gz(image: sitk.Image, path: Path) -> None:
+    """ITK writes the NIfTI uncompressed beside ``path`` (a temporary name that a killed run's clean-up
+    knows), ISA-L compresses it into ``path``: 12x faster than ITK's own gzip (segtrt.io.gzip_codec)."""
+    raw = path.with_name(path.name.removesuffix(".gz"))
+    try:
+        sitk.WriteImage(image, str(raw), False)
+        gzip_codec.gzip_file(raw, path)
+    finally:
+        raw.unlink(missing_ok=True)
 
 
 def write_probabilities(path: Path, probabilities: np.ndarray) -> Path:
