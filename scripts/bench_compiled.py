@@ -103,10 +103,20 @@ def cold_phase(args) -> list[dict]:
     plan = [
         ("eager fp16 ncdhw", {"precision": "fp16"}, False),
         ("compile fp16 ncdhw", {"precision": "fp16", "compile_mode": "default", "channels_last": False,
-                                "freeze": False}, False),
-        ("compile fp16 cl", {"precision": "fp16", "compile_mode": "default", "freeze": False}, True),
+                                "freeze": False, "half_weights": False}, False),
+        ("compile fp16 cl", {"precision": "fp16", "compile_mode": "default", "freeze": False,
+                             "half_weights": False}, True),
         # inductor's freezing: weights become constants (folded casts, convolution weight layouts chosen once)
-        ("compile fp16 cl freezing", {"precision": "fp16", "compile_mode": "default", "freeze": True}, True),
+        ("compile fp16 cl freezing", {"precision": "fp16", "compile_mode": "default", "freeze": True,
+                                      "half_weights": False}, True),
+        # an fp16 copy of the weights without autocast (the casts are gone without freezing)
+        ("compile fp16 cl half", {"precision": "fp16", "compile_mode": "default", "freeze": False,
+                                  "half_weights": True}, True),
+        ("compile fp16 cl half frozen", {"precision": "fp16", "compile_mode": "default", "freeze": True,
+                                         "half_weights": True}, True),
+        # the runner's own CUDA graph over its compiled network (what --compile default --cuda-graph does)
+        ("compile fp16 cl half + runner graph", {"precision": "fp16", "compile_mode": "default",
+                                                 "half_weights": True, "cuda_graph": True}, False),
     ]
     plan = [v for v in plan if v[0] not in args.skip]
     rows = []
@@ -148,6 +158,8 @@ SUBPHASES = {
     # a fresh process each (an AOTInductor crash must not take the other numbers with it)
     "aot-cold": [("aot fp16 cl cold", {"compile_mode": "default", "ahead_of_time": True}, False)],
     "compile-warm": [("compile fp16 cl warm cache", {"compile_mode": "default"}, False)],
+    "compile-warm-frozen": [("compile fp16 cl frozen warm cache", {"compile_mode": "default", "freeze": True,
+                                                                   "half_weights": False}, False)],
     "aot-warm": [("aot fp16 cl warm", {"compile_mode": "default", "ahead_of_time": True}, False)],
     "cl": [("compile fp16 cl", {"compile_mode": "default"}, True)],
     "aot-graph": [("aot fp16 cl + cuda graph", {"compile_mode": "default", "ahead_of_time": True}, True)],

@@ -27,6 +27,8 @@ AHEAD_OF_TIME = ("aot", "aot-max-autotune")
 CHANNELS_LAST = {"auto": None, "on": True, "off": False}
 #: --freeze values -> TorchRunner(freeze=...) (None = on when torch.compile-ing on CUDA).
 FREEZE = {"auto": None, "on": True, "off": False}
+#: --half-weights values -> TorchRunner(half_weights=...) (None = on when torch.compile-ing in fp16 on CUDA).
+HALF_WEIGHTS = {"auto": None, "on": True, "off": False}
 ACCUMULATE_DTYPES = ("float32", "float16")
 STREAM_MODES = ("auto", "on", "off")
 #: What to do with NaN / +-Inf voxels in an input image: refuse the case, or replace them by 0.
@@ -69,7 +71,9 @@ class PredictSettings:
     channels_last: torch backend only: ``auto`` (weights and batches in channels_last_3d when compiling on
         CUDA, where it removes cuDNN's layout transposes), ``on`` or ``off``.
     freeze: torch backend only: ``auto`` (inductor's freezing, weights as constants of the compiled graph,
-        for ``--compile default / max-autotune`` on CUDA), ``on`` or ``off``.
+        for ``--compile default / max-autotune`` on CUDA without half_weights), ``on`` or ``off``.
+    half_weights: torch backend, fp16 only: ``auto`` (an fp16 copy of the weights, no autocast, when
+        compiling on CUDA), ``on`` or ``off``.
     nonfinite: NaN / Inf voxels in an input: ``error`` (default) refuses the case naming how many and
         where; ``zero`` replaces them by 0 before preprocessing (logged, and recorded in the run report).
 
@@ -96,6 +100,7 @@ class PredictSettings:
     channels_last: str = "auto"
     nonfinite: str = "error"
     freeze: str = "auto"
+    half_weights: str = "auto"
 
     def __post_init__(self) -> None:
         _check_choice("device", self.device, "--device", None)
@@ -109,6 +114,7 @@ class PredictSettings:
         _check_choice("nonfinite", self.nonfinite, "--nonfinite", NONFINITE_POLICIES)
         _check_choice("channels_last", self.channels_last, "--channels-last", tuple(CHANNELS_LAST))
         _check_choice("freeze", self.freeze, "--freeze", tuple(FREEZE))
+        _check_choice("half_weights", self.half_weights, "--half-weights", tuple(HALF_WEIGHTS))
         for name, option in (("mirror", "--no-tta"), ("save_probabilities", "--save-probabilities"),
                              ("trust_checkpoint", "--trust-checkpoint"), ("cuda_graph", "--cuda-graph"),
                              ("overlap_io", "--no-overlap-io")):

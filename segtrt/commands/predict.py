@@ -17,6 +17,7 @@ from segtrt.config import (
     CHANNELS_LAST,
     COMPILE_MODES,
     FREEZE,
+    HALF_WEIGHTS,
     DEFAULT_MODEL_DIR,
     NONFINITE_POLICIES,
     PRECISIONS,
@@ -88,7 +89,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="torch backend: weights and patches in channels_last_3d (auto: when compiling on CUDA)")
     p.add_argument("--freeze", default=d.freeze, choices=tuple(FREEZE),
                    help="torch backend: compile the weights in as constants (inductor freezing; auto: with --compile "
-                        "default / max-autotune on CUDA)")
+                        "default / max-autotune on CUDA, unless --half-weights)")
+    p.add_argument("--half-weights", default=d.half_weights, choices=tuple(HALF_WEIGHTS),
+                   help="torch backend, --precision fp16: run an fp16 copy of the weights instead of autocast "
+                        "(auto: with --compile default / max-autotune on CUDA)")
     p.add_argument("--nonfinite", default=d.nonfinite, choices=NONFINITE_POLICIES,
                    help="NaN/Inf voxels in an input: error refuses the case (saying how many and where), zero "
                         "replaces them by 0 and records it in the report (default: %(default)s)")
@@ -160,6 +164,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[PredictSettings, Batch
         checkpoint_name=args.checkpoint, trust_checkpoint=args.trust_checkpoint, compile=args.compile,
         cuda_graph=args.cuda_graph, stream=args.stream, overlap_io=not args.no_overlap_io,
         channels_last=args.channels_last, nonfinite=args.nonfinite, freeze=args.freeze,
+        half_weights=args.half_weights,
     )
     batch = BatchSettings(
         recursive=args.recursive, overwrite=args.overwrite, io_workers=args.io_workers, modality=args.modality,

@@ -9,7 +9,8 @@ has nothing to compile. If the record is stale (inductor's cache was emptied), t
 single-process compile: correct, logged as a warning, and the report says so.
 
 The key is :func:`segtrt.runners.compiled_cache.key_fields` (weights by content, input shape, precision,
-layout, mode, GPU, torch / CUDA / Triton versions) plus whether the weights were frozen.
+layout, mode, GPU, torch / CUDA / Triton versions) plus whether the weights were frozen and whether an
+fp16 copy of them was compiled.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ from segtrt.runners.compiled_cache import key_fields, network_sha256
 
 
 def marker_path(network: torch.nn.Module, shape: Sequence[int], precision: str, channels_last: bool, mode: str,
-                freeze: bool, device: torch.device, root: str | Path | None = None) -> tuple[Path, dict]:
+                freeze: bool, device: torch.device, root: str | Path | None = None,
+                half_weights: bool = False) -> tuple[Path, dict]:
     """Where the record of compiling ``network`` for batches of ``shape`` lives, and its key fields."""
     fields = {**key_fields(network_sha256(network), shape, precision, channels_last, mode, device),
               "frozen_weights": bool(freeze), "purpose": "torch.compile"}
+    if half_weights:  # (absent otherwise: records written before this option keep their keys)
+        fields["weights"] = "fp16 copy"
     folder = Path(root) if root is not None else config.cache_dir() / "compiled" / "warm"
     return folder / f"{cache_key(fields)}.json", fields
 

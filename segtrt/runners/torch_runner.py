@@ -11,7 +11,8 @@ choice; scripts/bench_network.py measures them side by side):
 * ``ahead_of_time`` (with a ``compile_mode``): an AOTInductor package per (weights, batch shape,
   precision, layout, mode, GPU, torch version) in segtrt's cache (segtrt.runners.compiled_cache),
   compiled once and loaded in about a second by any later process;
-* ``cuda_graph``: each input shape is captured once into a CUDA graph and replayed.
+* ``cuda_graph``: each input shape is captured once into a CUDA graph and replayed; with a compiled
+  network, the graph captures the compiled kernels after the first (compiling) call.
 
 ``channels_last``: weights and each batch in ``torch.channels_last_3d`` (NDHWC in memory), the layout
 cuDNN's fast 3D fp16 convolutions use; without it cuDNN transposes around every convolution (35% of
@@ -25,6 +26,13 @@ call (H200, nnU-Net's CT U-Net, 128^3, batch 4, fp16 channels-last: 5.98 -> 4.06
 against eager fp32). Inductor's disk cache then keys the compiled graph on the weights' values too. ``None``
 (auto) means on for ``torch.compile`` on CUDA, off otherwise (the ahead-of-time package is unaffected).
 
+``half_weights``: an fp16 copy of the network (weights cast once) runs without autocast, batches cast to
+fp16 with their layout copy. Autocast instead casts every weight in every call; freezing folds those
+casts too, but a frozen graph's disk-cache entry depends on the weights' values, and a second process
+spent 14 s in its first frozen call (H200). Convolutions see the same fp16 operands either way;
+inductor keeps the instance norms' reductions in fp32. ``None`` (auto) means on for ``torch.compile``
+in fp16 on CUDA.
+
 The compiled and graph paths have a static batch (``fixed_batch_size``): the predictor pads the last
 call of a case, so nothing recompiles or recaptures mid-case.
 """
@@ -32,6 +40,7 @@ call of a case, so nothing recompiles or recaptures mid-case.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import time
 
@@ -55,7 +64,9 @@ class TorchRunner(Runner):
         default: on an H100 it changed nothing for nnU-Net's CT U-Net (9.70 vs 9.74 ms per 128^3 patch).
     channels_last: True / False, or None = on exactly when compiling on CUDA (see the module docstring).
     ahead_of_time: with ``compile_mode``: load (or compile once) an AOTInductor package from segtrt's cache.
-    freeze: True / False, or None = on exactly when ``torch.compile``-ing on CUDA (see the module docstring).
+    freeze: True / False, or None = on exactly when ``torch.compile``-ing on CUDA without half_weights
+        (see the module docstring).
+    half_weights: True / False, or None = on exactly when ``torch.compile``-ing in fp16 on CUDA.
     """
 
     name = "torch"
@@ -73,6 +84,7 @@ class TorchRunner(Runner):
         channels_last: bool | None = None,
         ahead_of_time: bool = False,
         freeze: bool | None = None,
+        half_weights: bool | None = None,
     ) -> None:
         super().__init__(device)
         if precision not in ("fp32", "fp16"):
@@ -85,8 +97,6 @@ class TorchRunner(Runner):
             raise BackendUnavailableError(f"--compile must be one of off, {', '.join(COMPILE_MODES)}; got {compile_mode!r}")
         if cuda_graph and self.device.type != "cuda":
             raise BackendUnavailableError(f"--cuda-graph needs a CUDA device, this run is on {self.device}")
-        if cuda_graph and compile_mode is not None:
-            raise BackendUnavailableError("--cuda-graph and --compile are exclusive; pick one")
         if ahead_of_time and compile_mode is None:
             raise BackendUnavailableError("ahead-of-time compilation needs a compile mode (default or max-autotune)")
         self.network = network
@@ -106,9 +116,18 @@ class TorchRunner(Runner):
         self.ahead_of_time = ahead_of_time
         if freeze and (compile_mode is None or ahead_of_time):
             raise BackendUnavailableError("--freeze on applies to --compile default / max-autotune (torch.compile)")
+        if half_weights and (precision != "fp16" or ahead_of_time):
+            raise BackendUnavailableError("--half-weights on applies to --precision fp16 without an ahead-of-time "
+                                          f"package, got --precision {precision}"
+                                          f"{' with --compile aot' if ahead_of_time else ''}")
+        compiling = compile_mode is not None and not ahead_of_time and self.device.type == "cuda"
+        if half_weights is None:
+            half_weights = compiling and precision == "fp16"
         if freeze is None:
-            freeze = compile_mode is not None and not ahead_of_time and self.device.type == "cuda"
+            freeze = compiling and not half_weights
         self.freeze = freeze
+        self.half_weights = half_weights
+        self._half_network: torch.nn.Module | None = None
         self.compiled: compiled_cache.CompiledNetwork | None = None
         self.compiled_info: dict | None = None  # kept for the report after deactivate()
         self.activate_seconds: dict[str, float] = {}
@@ -119,6 +138,8 @@ class TorchRunner(Runner):
             self.network.to(self.device).eval()
             if self.channels_last:
                 self.network.to(memory_format=torch.channels_last_3d)  # 5-D weights only; undone in deactivate()
+            if self.half_weights:  # a copy: the fp32 weights stay as they are (the reference, exports)
+                self._half_network = copy.deepcopy(self.network).half().eval()
         if self.device.type == "cuda":
             # the process-wide flag is restored in deactivate()
             self._cudnn_benchmark = torch.backends.cudnn.benchmark
@@ -129,14 +150,21 @@ class TorchRunner(Runner):
         if self.compile_mode is not None and not self.ahead_of_time:
             start = time.perf_counter()
             cache = compiled_cache.inductor_cache_dir()
-            log.info("torch.compile(mode=%s, %s%s), kernel cache %s", self.compile_mode, self._layout(),
-                     ", frozen weights" if self.freeze else "", cache)
-            self._forward = torch.compile(self.network, mode=self.compile_mode, dynamic=False, fullgraph=True)
+            log.info("torch.compile(mode=%s, %s%s%s), kernel cache %s", self.compile_mode, self._layout(),
+                     ", fp16 weights" if self.half_weights else "", ", frozen weights" if self.freeze else "", cache)
+            self._forward = torch.compile(self._inference_network(), mode=self.compile_mode, dynamic=False,
+                                          fullgraph=True)
+        else:
+            self._forward = self._inference_network()
             self.activate_seconds["compile_setup"] = round(time.perf_counter() - start, 3)
+
+    def _inference_network(self) -> torch.nn.Module:
+        return self._half_network if self._half_network is not None else self.network
 
     def deactivate_impl(self) -> None:
         self._graphs.clear()
         self._forward = self.network
+        self._half_network = None
         self.compiled = None
         if self.channels_last:
             with torch.inference_mode(False):
@@ -158,7 +186,7 @@ class TorchRunner(Runner):
         return self.compiled
 
     def _autocast(self):
-        if self.precision == "fp16":
+        if self.precision == "fp16" and not self.half_weights:
             return torch.autocast(self.device.type, dtype=torch.float16)
         return contextlib.nullcontext()
 
@@ -188,7 +216,8 @@ class TorchRunner(Runner):
 
         start = time.perf_counter()
         marker, fields = compile_start.marker_path(self.network, tuple(batch.shape), self.precision,
-                                                   self.channels_last, self.compile_mode, self.freeze, self.device)
+                                                   self.channels_last, self.compile_mode, self.freeze, self.device,
+                                                   half_weights=self.half_weights)
         expect_warm = marker.is_file()
         before = _inductor_cache_counts()
         # set while dynamo traces and inductor compiles (both happen in this call): passed as torch.compile
@@ -214,6 +243,8 @@ class TorchRunner(Runner):
         return out
 
     def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.half_weights:
+            batch = batch.to(torch.float16)
         batch = compiled_cache.to_layout(batch, self.channels_last)
         if self.ahead_of_time:
             forward, autocast = self.prepare(tuple(batch.shape)).module, contextlib.nullcontext()  # autocast inside
@@ -223,8 +254,9 @@ class TorchRunner(Runner):
             return forward(batch).contiguous()  # aggregation adds (K, *patch) slices of NCDHW accumulators
 
     def _path(self) -> str:
+        graph = "+cuda-graph" if self.cuda_graph else ""
         if self.compile_mode:
-            return f"{'aot' if self.ahead_of_time else 'compile'}:{self.compile_mode}"
+            return f"{'aot' if self.ahead_of_time else 'compile'}:{self.compile_mode}{graph}"
         return "cuda-graph" if self.cuda_graph else "eager"
 
     def _layout(self) -> str:
@@ -234,6 +266,8 @@ class TorchRunner(Runner):
         info = {**super().describe(), "precision": self.precision, "path": self._path(), "layout": self._layout()}
         if self.compile_mode and not self.ahead_of_time:
             info["frozen_weights"] = self.freeze
+        if self.precision == "fp16":
+            info["weights"] = "fp16 copy" if self.half_weights else "fp32 (autocast)"
         if self.activate_seconds:
             info["activate_seconds"] = dict(self.activate_seconds)
         if self.first_call_seconds is not None:

@@ -130,6 +130,15 @@ def test_freeze_is_auto_only_for_torch_compile_on_cuda():
         TorchRunner(_net(), "cpu", compile_mode="default", ahead_of_time=True, freeze=True)
 
 
+def test_half_weights_only_with_fp16_and_not_for_packages():
+    assert TorchRunner(_net(), "cpu").half_weights is False
+    assert TorchRunner(_net(), "cpu", compile_mode="default", batch_size=2).half_weights is False
+    with pytest.raises(BackendUnavailableError, match="--half-weights on applies to --precision fp16"):
+        TorchRunner(_net(), "cpu", half_weights=True)
+    with pytest.raises(BackendUnavailableError, match="--half-weights on applies to --precision fp16"):
+        TorchRunner(_net(), "cpu", compile_mode="default", ahead_of_time=True, half_weights=True)
+
+
 def test_channels_last_is_auto_only_for_compiled_cuda():
     assert TorchRunner(_net(), "cpu").channels_last is False
     assert TorchRunner(_net(), "cpu", compile_mode="default", batch_size=2).channels_last is False
@@ -169,19 +178,46 @@ def test_channels_last_compiled_matches_eager_on_cpu(tmp_path, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.slow
-def test_channels_last_compiled_fp16_matches_eager_fp32_on_cuda(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("half_weights", "freeze"), [(None, None), (False, None), (True, True)])
+def test_channels_last_compiled_fp16_matches_eager_fp32_on_cuda(tmp_path, monkeypatch, half_weights, freeze):
     # H200, default CT U-Net: 1.8e-3 of the largest logit (fp16 autocast vs fp32); 2e-2 leaves room for small nets
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     net = _unet("plain").cuda()
+    weights = {name: value.clone() for name, value in net.state_dict().items()}
     x = torch.randn(2, 1, 32, 32, 32, device="cuda")
     with torch.inference_mode():
         expected = net(x).float().cpu().numpy()
-    with TorchRunner(net, "cuda", "fp16", compile_mode="default", batch_size=2) as runner:
-        assert runner.channels_last and runner.describe()["layout"] == "channels_last_3d"
-        assert runner.describe()["frozen_weights"] is True
+    with TorchRunner(net, "cuda", "fp16", compile_mode="default", batch_size=2, half_weights=half_weights,
+                     freeze=freeze) as runner:
+        described = runner.describe()
+        assert runner.channels_last and described["layout"] == "channels_last_3d"
+        # auto: an fp16 copy of the weights, not frozen; without the copy, auto freezes
+        assert described["weights"] == ("fp32 (autocast)" if half_weights is False else "fp16 copy")
+        assert described["frozen_weights"] is (half_weights is False or freeze is True)
         out = runner.infer(x)
         assert out.is_contiguous() and out.dtype == torch.float16
     torch._dynamo.reset()
     np.testing.assert_allclose(out.float().cpu().numpy(), expected, rtol=0, atol=2e-2 * np.abs(expected).max())
+    for name, value in net.state_dict().items():  # the fp32 network itself is left as it was
+        assert value.dtype == weights[name].dtype and torch.equal(value, weights[name]), name
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_cuda_graph_over_compiled_network_replays_its_answer(tmp_path, monkeypatch):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("SEGTRT_CACHE_DIR", str(tmp_path / "segtrt"))
+    net = _unet("plain").cuda()
+    first, second = (torch.randn(2, 1, 32, 32, 32, device="cuda") for _ in range(2))
+    with TorchRunner(net, "cuda", "fp16", compile_mode="default", batch_size=2, cuda_graph=True) as runner:
+        assert runner.describe()["path"] == "compile:default+cuda-graph"
+        compiled_first = runner.infer(first).clone()  # the compiling call runs outside a graph
+        replayed = [runner.infer(x).clone() for x in (second, first)]  # captured once, then replayed
+        assert len(runner._graphs) == 1
+    torch._dynamo.reset()
+    torch.testing.assert_close(replayed[1], compiled_first, rtol=0, atol=0)  # same kernels, same answer
+    assert not torch.equal(replayed[0], replayed[1])
