@@ -154,9 +154,9 @@ class TorchRunner(Runner):
                      ", fp16 weights" if self.half_weights else "", ", frozen weights" if self.freeze else "", cache)
             self._forward = torch.compile(self._inference_network(), mode=self.compile_mode, dynamic=False,
                                           fullgraph=True)
+            self.activate_seconds["compile_setup"] = round(time.perf_counter() - start, 3)
         else:
             self._forward = self._inference_network()
-            self.activate_seconds["compile_setup"] = round(time.perf_counter() - start, 3)
 
     def _inference_network(self) -> torch.nn.Module:
         return self._half_network if self._half_network is not None else self.network
