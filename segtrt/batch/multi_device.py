@@ -129,6 +129,8 @@ class DeviceWorkers:
             report.state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             report.write()
             raise
+        finally:
+            self._refresh_runners(report)
         report.startup.update({f"device_{i}": p.startup_seconds() for i, p in enumerate(self.predictors)})
         report.io = {"overlapped": self.settings.overlap_io, "read_workers": limits.read_workers,
                      "read_ahead": limits.read_ahead, "write_workers": limits.write_workers,
@@ -138,6 +140,13 @@ class DeviceWorkers:
                      "started_epoch": run.started_epoch, "timeline": [list(entry) for entry in run.timeline]}
         report.state = "finished"
         report.write()
+
+    def _refresh_runners(self, report) -> None:
+        """After the run, each device's runner entry says how it started (first call, warm or cold cache)."""
+        entries = [{"device": str(device), "runner": predictor.runners[0].describe()}
+                   for device, predictor in zip(self.devices, self.predictors)]
+        report.backend["devices"] = entries
+        report.backend["runner"] = entries[0]["runner"]
 
     def close(self) -> None:
         for predictor in self.predictors:

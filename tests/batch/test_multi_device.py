@@ -52,6 +52,9 @@ def test_two_cpu_workers_give_the_outputs_of_one_device(tmp_path: Path) -> None:
     per_device = body["io"]["cases_per_device"]
     assert sorted(c for names in per_device.values() for c in names) == ["case0", "case1", "case2"]
     assert len(per_device) == 2, "both devices took cases"
+    # refreshed after the run: each device's runner says how its first call went
+    assert [entry["device"] for entry in body["backend"]["devices"]] == ["cpu", "cpu"]
+    assert all(entry["runner"]["first_call_seconds"] > 0 for entry in body["backend"]["devices"])
     manifest = [json.loads(line) for line in (tmp_path / "two" / "segtrt_manifest.jsonl").read_text().splitlines()]
     assert sorted(r["case"] for r in manifest if r["status"] == "done") == ["case0", "case1", "case2"]
     # the same folder resumes whichever way it was computed
