@@ -9,8 +9,10 @@ traceback, and give exit code 2; so do usage errors (segtrt.commands.arguments).
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import logging
+import os
 import sys
 
 from segtrt import __version__
@@ -63,5 +65,28 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def console() -> None:
+    """The ``segtrt`` executable: :func:`main`, then an exit without Python's interpreter teardown.
+
+    When ``main`` returns, every output and the run report are written (atomically, fsynced). Python's
+    teardown after that (freeing torch's modules, CUDA's context and allocator) cost 0.7 s per process on
+    the CPU and 1.7 s on an H200 after a compiled run: time a folder job waits for nothing. So the
+    registered exit handlers run (Ray's shutdown, inductor's worker pool, temporary folders), logging and
+    the standard streams are flushed, and the process ends with ``os._exit``. ``SEGTRT_FULL_EXIT=1``
+    keeps the full teardown.
+    """
+    code = main()
+    if os.environ.get("SEGTRT_FULL_EXIT") == "1":
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

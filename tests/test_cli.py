@@ -135,3 +135,15 @@ def test_predict_defaults_come_from_predict_settings():
         defaults["step_size"], defaults["batch_size"], defaults["device"], defaults["backend"],
         defaults["precision"], defaults["stream"], defaults["compile"], defaults["accumulate_dtype"],
         defaults["nonfinite"], defaults["checkpoint_name"])
+
+
+@pytest.mark.parametrize("full_exit", ["0", "1"])
+def test_console_exit_flushes_the_error_and_keeps_the_code(tmp_path, full_exit):
+    # the executable ends with os._exit after the exit handlers (SEGTRT_FULL_EXIT=1: Python's own teardown)
+    import os
+
+    done = subprocess.run([sys.executable, "-m", "segtrt.cli", "predict", str(tmp_path / "missing.nii.gz"),
+                           "-o", str(tmp_path / "out"), "--device", "cpu"], capture_output=True, text=True,
+                          env={**os.environ, "SEGTRT_FULL_EXIT": full_exit}, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("segtrt: error:"), done.stderr
