@@ -61,7 +61,8 @@ class PredictSettings:
     accumulate_dtype: dtype of the logit/weight accumulators on the device (``float32``/``float16``).
     compile: torch backend only: ``off``, ``default`` or ``max-autotune`` (torch.compile, kernels cached
         on disk; the first run on a machine compiles).
-    cuda_graph: torch backend only: replay the network from CUDA graphs (one capture per batch shape).
+    cuda_graph: torch backend only: replay the network from CUDA graphs (one capture per batch shape; with
+        ``compile``, the compiled network's kernels, captured after its first call).
     stream: ``auto``, ``on`` or ``off``: z-streamed aggregation, a patch-tall slab of accumulators on
         the device and the finished logits on the host as float16 (segtrt.streaming); ``auto`` streams
         on CUDA when whole-volume accumulators would exceed 4 GiB.
