@@ -14,6 +14,7 @@ import importlib
 import logging
 import os
 import sys
+import threading
 
 from segtrt import __version__
 from segtrt.commands.arguments import SegtrtParser, add_logging_options
@@ -73,11 +74,15 @@ def console() -> None:
     the CPU and 1.7 s on an H200 after a compiled run: time a folder job waits for nothing. So the
     registered exit handlers run (Ray's shutdown, inductor's worker pool, temporary folders), logging and
     the standard streams are flushed, and the process ends with ``os._exit``. ``SEGTRT_FULL_EXIT=1``
-    keeps the full teardown.
+    keeps the full teardown. The order is Python's own: first other threads are joined (with
+    ``concurrent.futures``' exit hook, as at a normal exit), then the exit handlers run.
     """
     code = main()
     if os.environ.get("SEGTRT_FULL_EXIT") == "1":
         sys.exit(code)
+    join_threads = getattr(threading, "_shutdown", None)  # what Py_FinalizeEx calls first
+    if join_threads is not None:
+        join_threads()
     atexit._run_exitfuncs()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):

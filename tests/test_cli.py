@@ -147,3 +147,20 @@ def test_console_exit_flushes_the_error_and_keeps_the_code(tmp_path, full_exit):
                           env={**os.environ, "SEGTRT_FULL_EXIT": full_exit}, timeout=300)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("segtrt: error:"), done.stderr
+
+
+def test_console_exit_waits_for_running_threads():
+    # before os._exit the other threads are joined, as at a normal exit: their work is not cut off
+    code = (
+        "import threading, time\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "import segtrt.cli as cli\n"
+        "pool = ThreadPoolExecutor(2)\n"
+        "pool.submit(lambda: (time.sleep(0.5), print('pool task done', flush=True)))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.7), print('thread done', flush=True))).start()\n"
+        "cli.main = lambda: 3\n"
+        "cli.console()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout.splitlines() == ["pool task done", "thread done"]
