@@ -84,7 +84,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", default=d.compile, choices=tuple(COMPILE_MODES),
                    help="torch backend: compile the network (kernels cached on disk; the first run compiles) "
                         "(default: %(default)s)")
-    p.add_argument("--cuda-graph", action="store_true", help="torch backend: replay the network from CUDA graphs (with --compile: the compiled "
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="torch backend: replay the network from CUDA graphs (with --compile: the compiled "
                         "network's kernels, captured after its first call)")
     p.add_argument("--channels-last", default=d.channels_last, choices=tuple(CHANNELS_LAST),
                    help="torch backend: weights and patches in channels_last_3d (auto: when compiling on CUDA)")

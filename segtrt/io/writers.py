@@ -107,7 +107,8 @@ def write_segmentation(path: Path, labels: np.ndarray, geometry: Geometry) -> Pa
     """Write a (Z, Y, X) integer label map with exactly ``geometry``'s spacing, origin and direction.
 
     Stored as uint8 when the largest label is <= 255, else uint16 (labels must be in 0..65535); the
-    file is compressed where the format allows (.nii.gz by ISA-L at a fast level, see segtrt.io.gzip_codec). The format follows the ending (see SEGMENTATION_ENDINGS).
+    file is compressed where the format allows (.nii.gz by ISA-L at a fast level, see segtrt.io.gzip_codec).
+    The format follows the ending (see SEGMENTATION_ENDINGS).
     Returns ``path``.
     """
     path = Path(path)
