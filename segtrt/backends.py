@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from segtrt.config import (AHEAD_OF_TIME, BACKENDS, CHANNELS_LAST, COMPILE_MODES, FREEZE, HALF_WEIGHTS, PredictSettings,
-                           default_of)
+from segtrt.config import (AHEAD_OF_TIME, BACKENDS, CHANNELS_LAST, COMPILE_MODES, FREEZE, HALF_WEIGHTS, PRECOMPILE,
+                           PredictSettings, default_of)
 from segtrt.errors import BackendUnavailableError
 from segtrt.runners.base import Runner
 from segtrt.runners.torch_runner import TorchRunner
@@ -32,9 +32,10 @@ def create_runners(model, settings: PredictSettings, device: torch.device) -> tu
         backend, reason = choose_backend(device)
         log.info("backend auto -> %s (%s)", backend, reason)
     if backend != "torch" and (settings.compile != "off" or settings.cuda_graph or settings.channels_last != "auto"
-                               or settings.freeze != "auto" or settings.half_weights != "auto"):
-        raise BackendUnavailableError(f"--compile, --cuda-graph, --channels-last, --freeze and --half-weights apply "
-                                      f"to the torch backend, not {backend}")
+                               or settings.freeze != "auto" or settings.half_weights != "auto"
+                               or settings.precompile != "auto"):
+        raise BackendUnavailableError(f"--compile, --cuda-graph, --channels-last, --freeze, --half-weights and "
+                                      f"--precompile apply to the torch backend, not {backend}")
     if backend == "torch":
         runners = [torch_runner(net, settings, device) for net in model.networks]
     elif backend == "onnxruntime":
@@ -55,7 +56,8 @@ def torch_runner(network: torch.nn.Module, settings: PredictSettings, device: to
                        cuda_graph=settings.cuda_graph, batch_size=settings.batch_size,
                        channels_last=CHANNELS_LAST[settings.channels_last],
                        ahead_of_time=settings.compile in AHEAD_OF_TIME, freeze=FREEZE[settings.freeze],
-                       half_weights=HALF_WEIGHTS[settings.half_weights])
+                       half_weights=HALF_WEIGHTS[settings.half_weights],
+                       precompile=PRECOMPILE[settings.precompile])
 
 
 def choose_backend(device: torch.device) -> tuple[str, str]:

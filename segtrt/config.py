@@ -29,6 +29,8 @@ CHANNELS_LAST = {"auto": None, "on": True, "off": False}
 FREEZE = {"auto": None, "on": True, "off": False}
 #: --half-weights values -> TorchRunner(half_weights=...) (None = on when torch.compile-ing in fp16 on CUDA).
 HALF_WEIGHTS = {"auto": None, "on": True, "off": False}
+#: --precompile values -> TorchRunner(precompile=...) (None = on when torch.compile-ing on CUDA unfrozen).
+PRECOMPILE = {"auto": None, "on": True, "off": False}
 ACCUMULATE_DTYPES = ("float32", "float16")
 STREAM_MODES = ("auto", "on", "off")
 #: What to do with NaN / +-Inf voxels in an input image: refuse the case, or replace them by 0.
@@ -75,6 +77,9 @@ class PredictSettings:
         for ``--compile default / max-autotune`` on CUDA without half_weights), ``on`` or ``off``.
     half_weights: torch backend, fp16 only: ``auto`` (an fp16 copy of the weights, no autocast, when
         compiling on CUDA), ``on`` or ``off``.
+    precompile: torch backend only: ``auto`` (save what torch.compile made in segtrt's cache and load it
+        in later processes without tracing again, for ``--compile default / max-autotune`` on CUDA without
+        frozen weights; segtrt.runners.precompiled), ``on`` or ``off``.
     nonfinite: NaN / Inf voxels in an input: ``error`` (default) refuses the case naming how many and
         where; ``zero`` replaces them by 0 before preprocessing (logged, and recorded in the run report).
 
@@ -102,6 +107,7 @@ class PredictSettings:
     nonfinite: str = "error"
     freeze: str = "auto"
     half_weights: str = "auto"
+    precompile: str = "auto"
 
     def __post_init__(self) -> None:
         _check_choice("device", self.device, "--device", None)
@@ -116,6 +122,7 @@ class PredictSettings:
         _check_choice("channels_last", self.channels_last, "--channels-last", tuple(CHANNELS_LAST))
         _check_choice("freeze", self.freeze, "--freeze", tuple(FREEZE))
         _check_choice("half_weights", self.half_weights, "--half-weights", tuple(HALF_WEIGHTS))
+        _check_choice("precompile", self.precompile, "--precompile", tuple(PRECOMPILE))
         for name, option in (("mirror", "--no-tta"), ("save_probabilities", "--save-probabilities"),
                              ("trust_checkpoint", "--trust-checkpoint"), ("cuda_graph", "--cuda-graph"),
                              ("overlap_io", "--no-overlap-io")):

@@ -2,7 +2,8 @@
 
 ``--compile aot`` writes one AOTInductor package per fold into segtrt's cache
 (segtrt.runners.compiled_cache); ``--compile default`` (the default) or ``max-autotune`` runs one batch through
-``torch.compile`` so that inductor's disk cache holds the kernels. Either way a later
+``torch.compile`` so that inductor's disk cache holds the kernels and, where the runner precompiles
+(segtrt.runners.precompiled), segtrt's cache the compiled module. Either way a later
 ``segtrt predict`` with the same model, ``--precision``, ``--batch-size``, ``--compile`` and
 ``--channels-last`` on this GPU starts warm.
 """
@@ -53,9 +54,11 @@ def run_model_folder(args: argparse.Namespace) -> int:
                 info = runner.prepare(shape, rebuild=args.rebuild).describe()
                 where = info["package"]
             else:
-                runner.infer(torch.randn(shape, device=device))
+                with torch.inference_mode():  # as segtrt predict calls it
+                    runner.infer(torch.randn(shape, device=device))
                 info = runner.describe()["compiled"]
-                where = "inductor's disk cache"
+                where = ("inductor's disk cache" if "precompiled_file" not in info
+                         else f"{info['precompiled_file']} in segtrt's cache (and inductor's disk cache)")
         print(f"fold {fold}: {runner.describe()['path']} {runner.describe()['layout']} {args.precision} batch "
               f"{list(shape)} -> {where} ({info['start']} start, {runner.first_call_seconds or info.get('seconds', 0):.1f} s)")
     return 0

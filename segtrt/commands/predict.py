@@ -18,6 +18,7 @@ from segtrt.config import (
     COMPILE_MODES,
     FREEZE,
     HALF_WEIGHTS,
+    PRECOMPILE,
     DEFAULT_MODEL_DIR,
     NONFINITE_POLICIES,
     PRECISIONS,
@@ -95,6 +96,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--half-weights", default=d.half_weights, choices=tuple(HALF_WEIGHTS),
                    help="torch backend, --precision fp16: run an fp16 copy of the weights instead of autocast "
                         "(auto: with --compile default / max-autotune on CUDA)")
+    p.add_argument("--precompile", default=d.precompile, choices=tuple(PRECOMPILE),
+                   help="torch backend: keep what torch.compile made in segtrt's cache, so later runs load it "
+                        "without tracing the network again (auto: with --compile default / max-autotune on CUDA, "
+                        "unless --freeze on)")
     p.add_argument("--nonfinite", default=d.nonfinite, choices=NONFINITE_POLICIES,
                    help="NaN/Inf voxels in an input: error refuses the case (saying how many and where), zero "
                         "replaces them by 0 and records it in the report (default: %(default)s)")
@@ -166,7 +171,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[PredictSettings, Batch
         checkpoint_name=args.checkpoint, trust_checkpoint=args.trust_checkpoint, compile=args.compile,
         cuda_graph=args.cuda_graph, stream=args.stream, overlap_io=not args.no_overlap_io,
         channels_last=args.channels_last, nonfinite=args.nonfinite, freeze=args.freeze,
-        half_weights=args.half_weights,
+        half_weights=args.half_weights, precompile=args.precompile,
     )
     batch = BatchSettings(
         recursive=args.recursive, overwrite=args.overwrite, io_workers=args.io_workers, modality=args.modality,

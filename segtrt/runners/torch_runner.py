@@ -35,6 +35,13 @@ graph; the same 1.8e-3 error against eager fp32). Convolutions see the same fp16
 inductor keeps the instance norms' reductions in fp32. ``None`` (auto) means on for ``torch.compile``
 in fp16 on CUDA.
 
+``precompile``: for the ``torch.compile`` path, save what torch.compile made in segtrt's cache and load it in
+later processes instead of tracing the network again (segtrt.runners.precompiled; H200, same network, second
+process: 3.4 s load + first call vs 4.4-6.6 s warm first call). ``None`` (auto) means on exactly when
+``torch.compile``-ing on CUDA without frozen weights, with a torch that can save compiled modules. If it
+fails, the runner says why (a warning, and ``compiled["precompiled"]`` in the report) and uses
+torch.compile with inductor's disk cache instead.
+
 The compiled and graph paths have a static batch (``fixed_batch_size``): the predictor pads the last
 call of a case, so nothing recompiles or recaptures mid-case.
 """
@@ -49,7 +56,7 @@ import time
 import torch
 
 from segtrt.errors import BackendUnavailableError
-from segtrt.runners import compile_start, compiled_cache
+from segtrt.runners import compile_start, compiled_cache, precompiled
 from segtrt.runners.base import Runner
 
 log = logging.getLogger(__name__)
@@ -69,6 +76,8 @@ class TorchRunner(Runner):
     freeze: True / False, or None = on exactly when ``torch.compile``-ing on CUDA without half_weights
         (see the module docstring).
     half_weights: True / False, or None = on exactly when ``torch.compile``-ing in fp16 on CUDA.
+    precompile: True / False, or None = on exactly when ``torch.compile``-ing on CUDA without frozen weights
+        and this torch can save compiled modules (see the module docstring).
     """
 
     name = "torch"
@@ -87,6 +96,7 @@ class TorchRunner(Runner):
         ahead_of_time: bool = False,
         freeze: bool | None = None,
         half_weights: bool | None = None,
+        precompile: bool | None = None,
     ) -> None:
         super().__init__(device)
         if precision not in ("fp32", "fp16"):
@@ -129,6 +139,16 @@ class TorchRunner(Runner):
             freeze = compiling and not half_weights
         self.freeze = freeze
         self.half_weights = half_weights
+        if precompile and (compile_mode is None or ahead_of_time or freeze):
+            raise BackendUnavailableError("--precompile on applies to --compile default / max-autotune without "
+                                          "--freeze on")
+        if precompile:
+            reason = precompiled.unavailable_reason()
+            if reason:
+                raise BackendUnavailableError(f"--precompile on: {reason}; use --precompile off")
+        if precompile is None:
+            precompile = compiling and not freeze and precompiled.unavailable_reason() is None
+        self.precompile = precompile
         self._half_network: torch.nn.Module | None = None
         self.compiled: compiled_cache.CompiledNetwork | None = None
         self.compiled_info: dict | None = None  # kept for the report after deactivate()
@@ -213,13 +233,24 @@ class TorchRunner(Runner):
 
     def _first_compiled_call(self, batch: torch.Tensor) -> torch.Tensor:
         """The call that compiles (or loads from inductor's disk cache): in-process when segtrt compiled
-        this network before (segtrt.runners.compile_start), else with inductor's pool of compile workers."""
+        this network before (segtrt.runners.compile_start), else with inductor's pool of compile workers.
+        With ``precompile``, the saved compiled module is loaded (or made and saved) instead."""
         import torch._inductor.config as inductor_config
 
         start = time.perf_counter()
         marker, fields = compile_start.marker_path(self.network, tuple(batch.shape), self.precision,
                                                    self.channels_last, self.compile_mode, self.freeze, self.device,
                                                    half_weights=self.half_weights)
+        fallback = None
+        if self.precompile:
+            try:
+                return self._first_precompiled_call(batch, fields, start)
+            except Exception as exc:  # noqa: BLE001 - explicit fallback: logged and in the report
+                fallback = f"failed, torch.compile used instead: {precompiled._one_line(exc)}"
+                log.warning("the precompiled network could not be made or loaded (%s); using torch.compile with "
+                            "inductor's disk cache instead", precompiled._one_line(exc))
+                self._forward = torch.compile(self._inference_network(), mode=self.compile_mode, dynamic=False,
+                                              fullgraph=True)
         expect_warm = marker.is_file()
         before = _inductor_cache_counts()
         # set while dynamo traces and inductor compiles (both happen in this call): passed as torch.compile
@@ -235,6 +266,8 @@ class TorchRunner(Runner):
         self.first_call_seconds = time.perf_counter() - start
         self.compiled_info = {**_cache_start(before, _inductor_cache_counts()),
                               "compile_workers": "in-process" if expect_warm else "inductor pool"}
+        if fallback:
+            self.compiled_info["precompiled"] = fallback
         if self.compiled_info["start"] == "cold":
             if expect_warm:
                 log.warning("segtrt compiled this network before, but inductor's cache (%s) no longer has it; it "
@@ -244,11 +277,35 @@ class TorchRunner(Runner):
                  self.first_call_seconds)
         return out
 
-    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+    def _first_precompiled_call(self, batch: torch.Tensor, fields: dict, start: float) -> torch.Tensor:
+        network, prepared = self._inference_network(), self._prepare(batch)
+        fields = {key: value for key, value in fields.items() if key != "purpose"}
+
+        def load(example: torch.Tensor) -> precompiled.Loaded:
+            with torch.inference_mode():  # as every later call: batches are inference tensors
+                return precompiled.load_or_compile(network, example, fields, self.compile_mode, self._autocast)
+
+        forward = precompiled.PrecompiledForward(load)
+        loaded = forward.get(prepared)
+        self._forward = forward
+        with torch.inference_mode():
+            out = forward(prepared).contiguous()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.first_call_seconds = time.perf_counter() - start
+        self.compiled_info = {"start": "warm" if loaded.how == "loaded" else "cold", **loaded.describe()}
+        log.info("torch runner first call (%s, precompiled, %s start) took %.1f s", self._path(),
+                 self.compiled_info["start"], self.first_call_seconds)
+        return out
+
+    def _prepare(self, batch: torch.Tensor) -> torch.Tensor:
         if self.half_weights:  # one copy for the cast and the layout (to_layout then only fixes strides)
             layout = torch.channels_last_3d if self.channels_last else torch.contiguous_format
             batch = batch.to(dtype=torch.float16, memory_format=layout)
-        batch = compiled_cache.to_layout(batch, self.channels_last)
+        return compiled_cache.to_layout(batch, self.channels_last)
+
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        batch = self._prepare(batch)
         if self.ahead_of_time:
             forward, autocast = self.prepare(tuple(batch.shape)).module, contextlib.nullcontext()  # autocast inside
         else:
@@ -269,6 +326,7 @@ class TorchRunner(Runner):
         info = {**super().describe(), "precision": self.precision, "path": self._path(), "layout": self._layout()}
         if self.compile_mode and not self.ahead_of_time:
             info["frozen_weights"] = self.freeze
+            info["precompile"] = self.precompile
         if self.precision == "fp16":
             info["weights"] = "fp16 copy" if self.half_weights else "fp32 (autocast)"
         if self.activate_seconds:

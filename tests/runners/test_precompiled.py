@@ -1,0 +1,131 @@
+"""precompiled: what torch.compile made, saved in segtrt's cache and loaded by later runners."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from segtrt.errors import BackendUnavailableError
+from segtrt.runners import precompiled
+from segtrt.runners.torch_runner import TorchRunner
+
+
+def _net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv3d(1, 4, 3, padding=1),
+        torch.nn.InstanceNorm3d(4, affine=True),
+        torch.nn.LeakyReLU(0.01),
+        torch.nn.Conv3d(4, 3, 1),
+    ).eval()
+
+
+def test_this_torch_can_save_compiled_modules():
+    # the CI's torch must exercise the feature, not skip it
+    assert precompiled.unavailable_reason() is None
+
+
+def test_precompile_is_auto_only_for_unfrozen_torch_compile_on_cuda():
+    assert TorchRunner(_net(), "cpu").precompile is False
+    assert TorchRunner(_net(), "cpu", compile_mode="default", batch_size=2).precompile is False
+    assert TorchRunner(_net(), "cpu", compile_mode="default", batch_size=2, precompile=True).precompile
+    assert TorchRunner(_net(), "cpu", compile_mode="default", batch_size=2).describe()["precompile"] is False
+    with pytest.raises(BackendUnavailableError, match="--precompile on applies to"):
+        TorchRunner(_net(), "cpu", precompile=True)
+    with pytest.raises(BackendUnavailableError, match="--precompile on applies to"):
+        TorchRunner(_net(), "cpu", compile_mode="default", batch_size=2, freeze=True, precompile=True)
+    with pytest.raises(BackendUnavailableError, match="--precompile on applies to"):
+        TorchRunner(_net(), "cpu", compile_mode="default", ahead_of_time=True, precompile=True)
+
+
+def test_forward_dispatches_on_shape_dtype_and_strides(tmp_path):
+    made = []
+
+    def load(example):
+        made.append(precompiled.input_signature(example))
+        scale = float(len(made))
+        return precompiled.Loaded(lambda x: x * scale, made[-1], tmp_path / "x.bin", "compiled", 0.0)
+
+    forward = precompiled.PrecompiledForward(load)
+    x = torch.ones(2, 1, 4, 4, 4)
+    assert torch.equal(forward(x), x) and torch.equal(forward(x.clone()), x)
+    assert len(made) == 1
+    wide = torch.ones(2, 3, 4, 4, 4)
+    assert torch.equal(forward(wide.to(memory_format=torch.channels_last_3d)), 2 * wide)  # other strides
+    assert torch.equal(forward(wide), 3 * wide)
+    assert torch.equal(forward(x.double()), 4 * x.double())
+    assert [m["stride"][1] for m in made[1:3]] == [1, 64] and made[3]["dtype"] == "float64"
+    assert torch.equal(forward(x), x)  # the first one is still there
+    assert len(made) == 4
+
+
+@pytest.mark.slow
+def test_precompiled_network_is_saved_then_loaded_rebuilt_when_damaged(tmp_path, monkeypatch, caplog):
+    # inductor's CPU code generation (a C++ compile, ~20-40 s on two cores per input shape)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("SEGTRT_CACHE_DIR", str(tmp_path / "segtrt"))
+    net = _net()
+    x = torch.randn(2, 1, 8, 8, 8)
+    with torch.no_grad():
+        expected = net(x).numpy()
+    folder = tmp_path / "segtrt" / "compiled" / "precompiled"
+
+    def run(batches):
+        with TorchRunner(net, "cpu", compile_mode="default", batch_size=2, precompile=True) as runner, \
+                torch.inference_mode():
+            outs = [runner.infer(b).clone().numpy() for b in batches]
+            return outs, runner.describe()["compiled"]
+
+    (first,), compiled = run([x])
+    assert compiled["start"] == "cold" and compiled["precompiled"] == "compiled", compiled
+    np.testing.assert_allclose(first, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    assert len(list(folder.glob("*.bin"))) == 1 and len(list(folder.glob("*.json"))) == 1
+    torch._dynamo.reset()
+
+    # a later runner (as a later process) loads it: no tracing, the same kernels, the same answer
+    other = torch.randn(2, 1, 8, 8, 8)
+    (again, second), compiled = run([x, other])
+    assert compiled["start"] == "warm" and compiled["precompiled"] == "loaded", compiled
+    np.testing.assert_array_equal(again, first)
+    with torch.no_grad():
+        np.testing.assert_allclose(second, net(other).numpy(), rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    torch._dynamo.reset()
+
+    # a damaged entry is compiled again, and the report says why
+    (payload,) = folder.glob("*.bin")
+    payload.write_bytes(payload.read_bytes()[:1000])
+    with caplog.at_level(logging.WARNING, logger="segtrt.runners.precompiled"):
+        (rebuilt,), compiled = run([x])
+    assert compiled["precompiled"] == "compiled" and "sha256" in compiled["precompiled_note"], compiled
+    assert any("could not be used" in r.getMessage() for r in caplog.records)
+    np.testing.assert_array_equal(rebuilt, first)
+    torch._dynamo.reset()
+    assert not [p for p in folder.iterdir() if p.suffix not in (".bin", ".json", ".lock")], "temporaries left"
+
+
+@pytest.mark.slow
+def test_a_failing_precompile_falls_back_to_torch_compile_and_says_so(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("SEGTRT_CACHE_DIR", str(tmp_path / "segtrt"))
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("this torch refuses to save")
+
+    monkeypatch.setattr(precompiled, "load_or_compile", refuse)
+    net = _net()
+    x = torch.randn(2, 1, 8, 8, 8)
+    with torch.no_grad():
+        expected = net(x).numpy()
+    with caplog.at_level(logging.WARNING, logger="segtrt.runners.torch_runner"), \
+            TorchRunner(net, "cpu", compile_mode="default", batch_size=2, precompile=True) as runner, \
+            torch.inference_mode():
+        out = runner.infer(x).numpy()
+        compiled = runner.describe()["compiled"]
+    torch._dynamo.reset()
+    assert compiled["precompiled"].startswith("failed, torch.compile used instead: RuntimeError: this torch refuses")
+    assert compiled["start"] == "cold"
+    assert any("using torch.compile" in r.getMessage() for r in caplog.records)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
