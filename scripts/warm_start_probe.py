@@ -6,8 +6,9 @@ Each step runs in a fresh child process (a crash costs the step, not the run) an
 1. ``imports``: seconds to import torch, then torch._dynamo, then torch._inductor.compile_fx (twice: the
    second run shows what bytecode caching gives), with ``-X importtime``'s slowest modules;
 2. ``compile-cold`` / ``compile-warm``: segtrt's TorchRunner (fp16, ``--compile default``, channels-last,
-   fp16 weight copy) from model load to the first logits; the warm child profiles its first call
-   (cProfile's slowest functions and dynamo's own phase times);
+   fp16 weight copy, and the runner's default ``precompile``, so precompiled where torch can) from model
+   load to the first logits; the first warm child profiles its first call (cProfile's slowest functions
+   and dynamo's own phase times);
 3. ``precompile-save`` / ``precompile-load``: torch's experimental dynamo ahead-of-time compile of the same
    module (``OptimizedModule._aot_compile``), saved to a file, then loaded and called by a fresh process
    (no tracing), with its error against eager fp32;
@@ -16,7 +17,7 @@ Each step runs in a fresh child process (a crash costs the step, not the run) an
 
     python scripts/warm_start_probe.py --out $OUT [--workload wholebody] [--batch 4] [--steps imports ...]
 
-Writes ``warm_start_probe.json`` under ``--out`` and prints a table last.
+Needs a CUDA GPU. Writes ``warm_start_probe.json`` (and the profile) under ``--out``; prints a table last.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ s = time.perf_counter(); import torch; t["torch"] = time.perf_counter() - s
 s = time.perf_counter(); import torch._dynamo; t["torch._dynamo"] = time.perf_counter() - s
 s = time.perf_counter(); import torch._inductor.compile_fx; t["torch._inductor.compile_fx"] = time.perf_counter() - s
 s = time.perf_counter(); import triton; t["triton"] = time.perf_counter() - s
-s = time.perf_counter(); torch.zeros(1, device="cuda"); torch.cuda.synchronize(); t["cuda init"] = time.perf_counter() - s
+s = time.perf_counter(); torch.zeros(1, device="cuda"); torch.cuda.synchronize()
+t["cuda init"] = time.perf_counter() - s
 print("RESULT " + json.dumps({k: round(v, 3) for k, v in t.items()}))
 """
 
@@ -136,7 +138,8 @@ else:
         for _ in range(10):
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             a.record(); opt(xh); b.record(); torch.cuda.synchronize(); times.append(a.elapsed_time(b))
-    what = {{"wrap_s": round(t_wrap, 2), "load_s": round(t_loaded, 2), "load_to_first_logits_s": round(t_first, 2), "rel_err": err,
+    what = {{"wrap_s": round(t_wrap, 2), "load_s": round(t_loaded, 2), "load_to_first_logits_s": round(t_first, 2),
+            "rel_err": err,
             "ms_per_patch": statistics.median(times) / {batch}}}
 print("RESULT " + json.dumps({{"import_s": round(t_import, 2), "model_load_s": round(t_load, 2), **what}}))
 """

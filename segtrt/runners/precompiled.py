@@ -25,8 +25,8 @@ writable by its user only.
 The saved module is called with the network as its first argument, so it always uses the weights of
 the module it is loaded for. Its guards are not checked (torch 2.11 recorded them in another grad mode
 than the call's and refused every call); instead :class:`PrecompiledForward` checks that every input
-has the shape, dtype, strides and device it was compiled for, and compiles another entry for an input
-that does not.
+has the shape, dtype, strides and device it was compiled for, and compiles (or loads) another entry for
+an input that does not. A saved module holds its kernels: it loads with inductor's disk cache emptied.
 """
 
 from __future__ import annotations
@@ -64,14 +64,16 @@ def unavailable_reason() -> str | None:
     missing = [name for name in ("_aot_compile", "_save_aot_compiled_module", "_load_aot_compiled_module")
                if not hasattr(OptimizedModule, name)]
     if missing or not hasattr(torch._dynamo.config, "enable_aot_compile"):
-        return f"torch {torch.__version__} cannot save compiled modules (no {', '.join(missing) or 'enable_aot_compile'})"
+        absent = ", ".join(missing) or "enable_aot_compile"
+        return f"torch {torch.__version__} cannot save compiled modules (no {absent})"
     return None
 
 
 def input_signature(batch: torch.Tensor) -> dict:
-    """What a saved module was compiled for: the input's shape, dtype, strides and device type."""
+    """What a saved module was compiled for: the input's shape, dtype, strides and device (with its index:
+    inductor's code names the device it was compiled on)."""
     return {"shape": [int(s) for s in batch.shape], "dtype": str(batch.dtype).removeprefix("torch."),
-            "stride": [int(s) for s in batch.stride()], "device_type": batch.device.type}
+            "stride": [int(s) for s in batch.stride()], "device": str(batch.device)}
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,8 @@ class Loaded:
     note: str | None = None  # why an entry was rebuilt
 
     def describe(self) -> dict:
-        info = {"precompiled": self.how, "precompiled_seconds": round(self.seconds, 3), "precompiled_file": self.path.name}
+        info = {"precompiled": self.how, "precompiled_seconds": round(self.seconds, 3),
+                "precompiled_file": self.path.name}
         if self.note:
             info["precompiled_note"] = self.note
         return info
