@@ -12,16 +12,11 @@ import torch
 from segtrt.errors import CompiledCacheError
 from segtrt.runners import compiled_cache
 from segtrt.runners.torch_runner import TorchRunner
+from tiny_nets import conv_net
 
 
 def _net(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Conv3d(2, 4, 3, padding=1),
-        torch.nn.InstanceNorm3d(4, affine=True),
-        torch.nn.LeakyReLU(0.01),
-        torch.nn.Conv3d(4, 3, 1),
-    ).eval()
+    return conv_net(in_channels=2, seed=seed)
 
 
 def test_network_digest_follows_weights_not_layout():

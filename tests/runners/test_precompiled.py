@@ -11,16 +11,7 @@ import torch
 from segtrt.errors import BackendUnavailableError
 from segtrt.runners import precompiled
 from segtrt.runners.torch_runner import TorchRunner
-
-
-def _net() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torch.nn.Sequential(
-        torch.nn.Conv3d(1, 4, 3, padding=1),
-        torch.nn.InstanceNorm3d(4, affine=True),
-        torch.nn.LeakyReLU(0.01),
-        torch.nn.Conv3d(4, 3, 1),
-    ).eval()
+from tiny_nets import conv_net as _net
 
 
 def test_this_torch_can_save_compiled_modules():
