@@ -7,7 +7,7 @@ AOTAutograd's cache key, guards) before its kernels come from the cache: on an H
 torch (>= 2.10) can save what ``torch.compile`` made (dynamo's ahead-of-time compile, experimental in
 torch: ``OptimizedModule._aot_compile`` / ``_save_aot_compiled_module`` / ``_load_aot_compiled_module``);
 loading it there took 3.4 s and its first call 0.2-1.4 s, with the same kernels (same error against
-eager fp32, same ms/patch). AOTInductor packages (segtrt.runners.compiled_cache) would do the same, but
+eager fp32, same ms/patch); through segtrt's TorchRunner a second process's first call took 2.5 s. AOTInductor packages (segtrt.runners.compiled_cache) would do the same, but
 loading one crashed that machine's torch.
 
 One entry per (network weights, input shape, dtype and strides, precision, layout, mode, device, torch /
@@ -137,9 +137,9 @@ def load_or_compile(module: torch.nn.Module, example: torch.Tensor, fields: dict
                 log.info("precompiled network %s loaded in %.1f s", entry.payload.name, time.perf_counter() - start)
                 return Loaded(call, signature, entry.payload, "loaded", time.perf_counter() - start)
             except Exception as exc:  # noqa: BLE001 - a damaged or stale entry is rebuilt, and said so
-                note = f"rebuilt: the cached entry could not be used ({_one_line(exc)})"
+                note = f"rebuilt: the cached entry could not be used ({one_line(exc)})"
                 log.warning("precompiled network %s could not be used (%s); compiling it again", entry.payload.name,
-                            _one_line(exc))
+                            one_line(exc))
         call = _compile_and_save(module, example, entry, fields, mode, context, inductor_options or {})
     seconds = time.perf_counter() - start
     log.info("precompiled network %s compiled and saved in %.1f s", entry.payload.name, seconds)
@@ -219,6 +219,6 @@ class PrecompiledForward:
         return loaded
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__

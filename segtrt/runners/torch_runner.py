@@ -36,8 +36,8 @@ inductor keeps the instance norms' reductions in fp32. ``None`` (auto) means on 
 in fp16 on CUDA.
 
 ``precompile``: for the ``torch.compile`` path, save what torch.compile made in segtrt's cache and load it in
-later processes instead of tracing the network again (segtrt.runners.precompiled; H200, same network, second
-process: 3.4 s load + first call vs 4.4-6.6 s warm first call). ``None`` (auto) means on exactly when
+later processes instead of tracing the network again (segtrt.runners.precompiled; H200, same network, a second
+process's first call 2.5 s, 2.1 s of it loading, vs 4.4-6.6 s from inductor's cache). ``None`` (auto) means on exactly when
 ``torch.compile``-ing on CUDA without frozen weights, with a torch that can save compiled modules. If it
 fails, the runner says why (a warning, and ``compiled["precompiled"]`` in the report) and uses
 torch.compile with inductor's disk cache instead.
@@ -246,9 +246,9 @@ class TorchRunner(Runner):
             try:
                 return self._first_precompiled_call(batch, fields, start)
             except Exception as exc:  # noqa: BLE001 - explicit fallback: logged and in the report
-                fallback = f"failed, torch.compile used instead: {precompiled._one_line(exc)}"
+                fallback = f"failed, torch.compile used instead: {precompiled.one_line(exc)}"
                 log.warning("the precompiled network could not be made or loaded (%s); using torch.compile with "
-                            "inductor's disk cache instead", precompiled._one_line(exc))
+                            "inductor's disk cache instead", precompiled.one_line(exc))
                 self._forward = torch.compile(self._inference_network(), mode=self.compile_mode, dynamic=False,
                                               fullgraph=True)
         expect_warm = marker.is_file()
