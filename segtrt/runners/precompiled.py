@@ -220,5 +220,6 @@ class PrecompiledForward:
 
 
 def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters), for logs and the run report."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
