@@ -3,8 +3,8 @@
 Model folders are planned, preprocessed and briefly trained by nnU-Net's own tooling
 (tests/nnunet_factory.py). Acceptance (``parity_failures``), from what was measured on these five cases
 (max|dp| 4.8e-4 - 1.19e-3; label agreement 1.0 on three, 0.99982 = 1 voxel of 5,544 and 0.99991 = 3 of
-33,600 on the two small ones, each at a near-tie). With torch 2.14.1 (2026-12-02; nnU-Net's short training
-of the test models gives other weights) the anisotropic case differs in 5 of 33,600 voxels (0.999851), all
+33,600 on the two small ones, each at a near-tie). Measured again on 2026-12-02 with torch 2.14.1
+(what a fresh install gets then): the anisotropic case differs in 5 of 33,600 voxels (0.999851), all
 near-ties, max|dp| 1.07e-3; the others agree fully:
 
 - max |probability difference| <= 3e-3;
