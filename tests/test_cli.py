@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -140,8 +141,6 @@ def test_predict_defaults_come_from_predict_settings():
 @pytest.mark.parametrize("full_exit", ["0", "1"])
 def test_console_exit_flushes_the_error_and_keeps_the_code(tmp_path, full_exit):
     # the executable ends with os._exit after the exit handlers (SEGTRT_FULL_EXIT=1: Python's own teardown)
-    import os
-
     done = subprocess.run([sys.executable, "-m", "segtrt.cli", "predict", str(tmp_path / "missing.nii.gz"),
                            "-o", str(tmp_path / "out"), "--device", "cpu"], capture_output=True, text=True,
                           env={**os.environ, "SEGTRT_FULL_EXIT": full_exit}, timeout=300)

@@ -122,8 +122,8 @@ def load_or_compile(module: torch.nn.Module, example: torch.Tensor, fields: dict
 
     fields: the key fields of the network and settings (segtrt.runners.compile_start); the input's
     signature is added. context: makes the context the module runs in (e.g. autocast), entered while
-    compiling and around every call. Call it, and the result, inside ``torch.inference_mode()`` (the
-    module is compiled for inference tensors). Raises whatever torch raises when it cannot compile or save.
+    compiling; the caller enters it around every call. Call it, and the result, inside
+    ``torch.inference_mode()`` (the module is compiled for inference tensors). Raises whatever torch raises when it cannot compile or save.
     """
     signature = input_signature(example)
     fields = {**fields, "purpose": "dynamo precompile", "precompile_format": FORMAT, "forward_input": signature}
@@ -133,7 +133,7 @@ def load_or_compile(module: torch.nn.Module, example: torch.Tensor, fields: dict
         note = None
         if entry.payload.is_file() and entry.metadata.is_file():
             try:
-                call = _load(module, entry, fields, mode, context)
+                call = _load(module, entry, fields, mode)
                 log.info("precompiled network %s loaded in %.1f s", entry.payload.name, time.perf_counter() - start)
                 return Loaded(call, signature, entry.payload, "loaded", time.perf_counter() - start)
             except Exception as exc:  # noqa: BLE001 - a damaged or stale entry is rebuilt, and said so
@@ -167,10 +167,10 @@ def _compile_and_save(module, example, entry: Entry, fields: dict, mode: str, co
                 "bytes": len(data), "compile_seconds": round(seconds, 3),
                 "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     atomic_write_bytes(entry.metadata, json.dumps(metadata, indent=2, sort_keys=True).encode())
-    return _callable(optimized, context)
+    return optimized
 
 
-def _load(module, entry: Entry, fields: dict, mode: str, context):
+def _load(module, entry: Entry, fields: dict, mode: str):
     import torch._dynamo
 
     metadata = json.loads(entry.metadata.read_text())
@@ -183,39 +183,28 @@ def _load(module, entry: Entry, fields: dict, mode: str, context):
         optimized._load_aot_compiled_module(entry.payload.read_bytes())
     for compiled in optimized.forward.compiled_results:
         compiled.disable_guard_check()  # see the module docstring: PrecompiledForward checks inputs instead
-    return _callable(optimized, context)
-
-
-def _callable(optimized, context) -> Callable[[torch.Tensor], torch.Tensor]:
-    def call(batch: torch.Tensor) -> torch.Tensor:
-        with context():
-            return optimized(batch)
-
-    return call
+    return optimized
 
 
 class PrecompiledForward:
     """Calls the precompiled module made for each input's signature; makes one (``load``) for a new signature.
 
-    load: ``example -> Loaded``. Every input is checked against its module's signature first, since the
-    saved modules' own guards are off.
+    load: ``example -> Loaded``. Every input is looked up by its signature (the saved modules' own guards
+    are off), so no module sees an input it was not compiled for.
     """
 
     def __init__(self, load: Callable[[torch.Tensor], Loaded]) -> None:
         self._load = load
-        self.modules: dict[str, Loaded] = {}
+        self.modules: dict[tuple, Loaded] = {}
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         return self.get(batch).call(batch)
 
     def get(self, batch: torch.Tensor) -> Loaded:
-        signature = input_signature(batch)
-        key = json.dumps(signature, sort_keys=True)
+        key = (tuple(batch.shape), batch.dtype, batch.stride(), batch.device)  # input_signature, cheaply
         loaded = self.modules.get(key)
         if loaded is None:
             loaded = self.modules[key] = self._load(batch)
-        if loaded.signature != signature:  # pragma: no cover - the dict key is the signature
-            raise RuntimeError(f"precompiled module for {loaded.signature} called with {signature}")
         return loaded
 
 

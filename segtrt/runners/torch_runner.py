@@ -140,8 +140,10 @@ class TorchRunner(Runner):
         self.freeze = freeze
         self.half_weights = half_weights
         if precompile and (compile_mode is None or ahead_of_time or freeze):
-            raise BackendUnavailableError("--precompile on applies to --compile default / max-autotune without "
-                                          "--freeze on")
+            given = ("--compile off" if compile_mode is None else "--compile aot" if ahead_of_time
+                     else "--freeze on")
+            raise BackendUnavailableError(f"--precompile on applies to --compile default / max-autotune without "
+                                          f"--freeze on; got {given}")
         if precompile:
             reason = precompiled.unavailable_reason()
             if reason:
@@ -243,14 +245,14 @@ class TorchRunner(Runner):
                                                    half_weights=self.half_weights)
         fallback = None
         if self.precompile:
+            compiled_forward = self._forward  # activate()'s torch.compile, kept for the fallback
             try:
                 return self._first_precompiled_call(batch, fields, start)
             except Exception as exc:  # noqa: BLE001 - explicit fallback: logged and in the report
                 fallback = f"failed, torch.compile used instead: {precompiled.one_line(exc)}"
                 log.warning("the precompiled network could not be made or loaded (%s); using torch.compile with "
                             "inductor's disk cache instead", precompiled.one_line(exc))
-                self._forward = torch.compile(self._inference_network(), mode=self.compile_mode, dynamic=False,
-                                              fullgraph=True)
+                self._forward = compiled_forward
         expect_warm = marker.is_file()
         before = _inductor_cache_counts()
         # set while dynamo traces and inductor compiles (both happen in this call): passed as torch.compile
@@ -288,7 +290,7 @@ class TorchRunner(Runner):
         forward = precompiled.PrecompiledForward(load)
         loaded = forward.get(prepared)
         self._forward = forward
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             out = forward(prepared).contiguous()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
