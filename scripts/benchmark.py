@@ -184,7 +184,7 @@ def run_segtrt(folder: Path, image: np.ndarray, w: Workload, mirror: bool, varia
                stream: str = "auto") -> Row:
     settings = PredictSettings(device=str(device), mirror=mirror, precision=variant.precision,
                                batch_size=variant.batch, accumulate_dtype=accumulate, compile=variant.compile,
-                               cuda_graph=variant.path == "graph", **({"stream": stream} if stream != "auto" else {}))
+                               cuda_graph=variant.path in ("graph", "compile-graph"), **({"stream": stream} if stream != "auto" else {}))
     model = load_model(folder, device=device)
     runners, _ = create_runners(model, settings, device)
     row = Row(f"segtrt {variant.label}", mirror)
@@ -224,7 +224,8 @@ def dice_per_label(labels: np.ndarray, reference: np.ndarray, classes: int) -> d
 
 @dataclass(frozen=True)
 class Variant:
-    """One segtrt configuration: ``precision:batch[:path]``, path eager | compile | autotune | graph."""
+    """One segtrt configuration: ``precision:batch[:path]``, path eager | compile | autotune | graph |
+    compile-graph (compiled, replayed from a CUDA graph)."""
 
     precision: str
     batch: int
@@ -237,7 +238,8 @@ class Variant:
 
     @property
     def compile(self) -> str:
-        return {"compile": "default", "autotune": "max-autotune-no-cudagraphs"}.get(self.path, "off")
+        return {"compile": "default", "compile-graph": "default",
+                "autotune": "max-autotune-no-cudagraphs"}.get(self.path, "off")
 
     @property
     def label(self) -> str:
@@ -260,7 +262,7 @@ def network_ms_per_patch(folder: Path, w: Workload, variant: Variant, device: to
     flops = counter.get_total_flops()
     compile_mode = None if variant.compile == "off" else variant.compile
     runner = TorchRunner(net, device, variant.precision, compile_mode=compile_mode,
-                         cuda_graph=variant.path == "graph", batch_size=variant.batch)
+                         cuda_graph=variant.path in ("graph", "compile-graph"), batch_size=variant.batch)
     with runner:
         for _ in range(3):
             runner.infer(x)
@@ -283,7 +285,8 @@ def main() -> int:
     p.add_argument("--workload", nargs="+", default=["wholebody"], choices=sorted(WORKLOADS))
     p.add_argument("--mirror", default="both", choices=("both", "on", "off"))
     p.add_argument("--variants", nargs="+", default=["fp16:4", "fp16:4:compile", "fp32:4"],
-                   help="precision:batch[:path] for segtrt torch; path eager (default), compile, autotune, graph")
+                   help="precision:batch[:path] for segtrt torch; path eager (default), compile, autotune, graph, "
+                        "compile-graph")
     p.add_argument("--stream", default="auto", choices=("auto", "on", "off"), help="segtrt --stream")
     p.add_argument("--accumulate", default="float32", choices=("float32", "float16"))
     p.add_argument("--repeats", type=int, default=3)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -181,6 +182,11 @@ def settings_from_args(args: argparse.Namespace) -> tuple[PredictSettings, Batch
 
 
 def run(args: argparse.Namespace) -> int:
+    if (args.compile != "off" and args.backend in ("auto", "torch") and args.devices is None and args.ray is None
+            and os.environ.get("SEGTRT_IMPORT_PREFETCH", "1") != "0"):
+        from segtrt.runners import import_prefetch  # the compile machinery, while the model and images load
+
+        import_prefetch.start(cuda=args.device != "cpu")
     from segtrt.commands.progress import BatchProgress, print_summary
     from segtrt.io.writers import check_output_folder
     from segtrt.outputs import output_options_from_args

@@ -40,7 +40,8 @@ later processes instead of tracing the network again (segtrt.runners.precompiled
 process's first call 2.5 s, 2.1 s of it loading, vs 4.4-6.6 s from inductor's cache). ``None`` (auto) means on exactly when
 ``torch.compile``-ing on CUDA without frozen weights, with a torch that can save compiled modules. If it
 fails, the runner says why (a warning, and ``compiled["precompiled"]`` in the report) and uses
-torch.compile with inductor's disk cache instead.
+torch.compile with inductor's disk cache instead. Auto is decided in ``activate()``: finding out imports
+``torch._dynamo``, which ``segtrt predict`` imports in the background meanwhile (segtrt.runners.import_prefetch).
 
 The compiled and graph paths have a static batch (``fixed_batch_size``): the predictor pads the last
 call of a case, so nothing recompiles or recaptures mid-case.
@@ -56,7 +57,7 @@ import time
 import torch
 
 from segtrt.errors import BackendUnavailableError
-from segtrt.runners import compile_start, compiled_cache, precompiled
+from segtrt.runners import compile_start, compiled_cache, import_prefetch, precompiled
 from segtrt.runners.base import Runner
 
 log = logging.getLogger(__name__)
@@ -148,9 +149,11 @@ class TorchRunner(Runner):
             reason = precompiled.unavailable_reason()
             if reason:
                 raise BackendUnavailableError(f"--precompile on: {reason}; use --precompile off")
-        if precompile is None:
-            precompile = compiling and not freeze and precompiled.unavailable_reason() is None
-        self.precompile = precompile
+        if precompile is None and not (compiling and not freeze):
+            precompile = False
+        # None: decided in activate(), whether this torch can precompile (that check imports torch._dynamo,
+        # which segtrt.runners.import_prefetch may still be importing while the first images are read)
+        self._precompile = precompile
         self._half_network: torch.nn.Module | None = None
         self.compiled: compiled_cache.CompiledNetwork | None = None
         self.compiled_info: dict | None = None  # kept for the report after deactivate()
@@ -173,6 +176,10 @@ class TorchRunner(Runner):
         self.activate_seconds = {"to_device": round(time.perf_counter() - start, 3)}
         if self.compile_mode is not None and not self.ahead_of_time:
             start = time.perf_counter()
+            import_prefetch.wait()
+            self.activate_seconds["import_wait"] = round(time.perf_counter() - start, 3)
+            start = time.perf_counter()
+            self.precompile  # noqa: B018 - decides auto now, after the background imports
             cache = compiled_cache.inductor_cache_dir()
             log.info("torch.compile(mode=%s, %s%s%s), kernel cache %s", self.compile_mode, self._layout(),
                      ", fp16 weights" if self.half_weights else "", ", frozen weights" if self.freeze else "", cache)
@@ -181,6 +188,13 @@ class TorchRunner(Runner):
             self.activate_seconds["compile_setup"] = round(time.perf_counter() - start, 3)
         else:
             self._forward = self._inference_network()
+
+    @property
+    def precompile(self) -> bool:
+        """Whether the torch.compile path saves / loads precompiled modules (auto is decided on first use)."""
+        if self._precompile is None:
+            self._precompile = precompiled.unavailable_reason() is None
+        return self._precompile
 
     def _inference_network(self) -> torch.nn.Module:
         return self._half_network if self._half_network is not None else self.network
@@ -328,7 +342,10 @@ class TorchRunner(Runner):
         info = {**super().describe(), "precision": self.precision, "path": self._path(), "layout": self._layout()}
         if self.compile_mode and not self.ahead_of_time:
             info["frozen_weights"] = self.freeze
-            info["precompile"] = self.precompile
+            info["precompile"] = "auto" if self._precompile is None else self._precompile
+            prefetch = import_prefetch.summary()
+            if prefetch is not None:
+                info["import_prefetch"] = prefetch
         if self.precision == "fp16":
             info["weights"] = "fp16 copy" if self.half_weights else "fp32 (autocast)"
         if self.activate_seconds:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -37,3 +39,25 @@ def test_precompile_is_refused_where_it_cannot_apply():
         _settings("--precompile", "sometimes")
     with pytest.raises(SettingsError, match="--precompile"):
         PredictSettings(precompile="sometimes")
+
+
+@pytest.mark.slow
+def test_a_compiled_predict_imports_the_compile_machinery_in_the_background(tmp_path, monkeypatch):
+    import json
+
+    from segtrt.batch.report import REPORT_NAME
+    from segtrt.cli import main
+    from segtrt.config import DEFAULT_MODEL_DIR
+
+    monkeypatch.setenv("SEGTRT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache" / "inductor"))
+    out = tmp_path / "out"
+    sample = Path(__file__).resolve().parents[2] / "sample_data" / "example_ct.nii.gz"
+    assert main(["predict", str(sample), "-m", str(DEFAULT_MODEL_DIR), "-o", str(out), "--device", "cpu",
+                 "--compile", "default", "--no-tta", "-q"]) == 0
+    torch._dynamo.reset()
+    runner = json.loads((out / REPORT_NAME).read_text())["backend"]["runner"]
+    prefetch = runner["import_prefetch"]
+    assert prefetch["modules"] == ["torch._dynamo", "torch._inductor.compile_fx"]  # no Triton for --device cpu
+    assert prefetch["finished"] is True and "failed" not in prefetch
+    assert "import_wait" in runner["activate_seconds"]
