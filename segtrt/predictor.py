@@ -27,7 +27,7 @@ from segtrt.runners.base import Runner
 from segtrt.sliding import SlidingWindowOptions, sliding_window_logits, streamed_window_logits
 from segtrt.streaming import StreamChoice, choose_streaming, padded_shape
 from segtrt.timing import StageTimer
-from segtrt.transfer import Uploader
+from segtrt.transfer import Downloader, Uploader
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,10 @@ class Predictor:
         self.device = device
         self.plan = PreprocessPlan.from_nnunet(folder.plans, folder.configuration)
         self.uploader = Uploader(device)
+        self.downloader = Downloader(device)
         self._active = contextlib.ExitStack()
-        self._startup: dict[str, float] = {}
+        self._startup: dict[str, float | str] = {}
+        self._warmed: list[Runner] = []
         self.options = SlidingWindowOptions(
             patch_size=tuple(int(p) for p in folder.patch_size),
             num_classes=folder.num_segmentation_heads,
@@ -107,7 +109,11 @@ class Predictor:
 
     def activate(self) -> "Predictor":
         """Activate every runner (network to the device, engine load); safe to call twice. If one fails,
-        the ones activated before it are deactivated again (in reverse order) before the error propagates."""
+        the ones activated before it are deactivated again (in reverse order) before the error propagates.
+
+        A runner whose first call is costly (``Runner.costly_first_call``: compiling, loading compiled
+        kernels, capturing a CUDA graph) is called once here on a zero batch of the shape every call has,
+        so that cost is paid while a batch job reads its first images rather than in the first case."""
         start = time.perf_counter()
         with contextlib.ExitStack() as stack:
             for runner in self.runners:
@@ -115,19 +121,53 @@ class Predictor:
                 stack.callback(runner.deactivate)
             self._active = stack.pop_all()
         self._startup["activate_seconds"] = round(time.perf_counter() - start, 3)
+        self._warm_up()
         return self
+
+    def warm_up_shape(self) -> tuple[int, ...]:
+        """(N, C, Z, Y, X) of the runners' calls: the static or largest call batch, one patch each."""
+        batch = self.options.fixed_call_batch or self.options.max_call_batch or self.settings.batch_size
+        return (batch, self.folder.num_input_channels, *self.options.patch_size)
+
+    def _warm_up(self) -> None:
+        """The costly first calls, made now (once per runner). A failure is not fatal: it is logged, kept in
+        ``startup_seconds()['warm_up']`` and the first case makes the call instead (and reports its error)."""
+        pending = [r for r in self.runners if r.costly_first_call and r not in self._warmed]
+        if not pending:
+            return
+        start = time.perf_counter()
+        try:
+            with torch.inference_mode():  # as predict_image's batches: the same compiled entry serves both
+                batch = torch.zeros(self.warm_up_shape(), dtype=torch.float32, device=self.device)
+                for runner in pending:
+                    runner.infer(batch)
+                    self._warmed.append(runner)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        except Exception as exc:  # noqa: BLE001 - explicit: logged, reported, retried by the first case
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.warning("warming the network up before the first case failed (%s: %s); the first case makes "
+                        "that call instead", type(exc).__name__, first_line)
+            self._startup["warm_up"] = f"failed: {type(exc).__name__}: {first_line}"[:300]
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        else:
+            self._startup["warm_up"] = "done"
+        self._startup["warm_up_seconds"] = round(time.perf_counter() - start, 3)
 
     def close(self) -> None:
         """Deactivate the runners in reverse order of activation (each restores what it changed, e.g.
-        cudnn.benchmark, so the process-wide state ends as it was before the first), free the upload buffer."""
+        cudnn.benchmark, so the process-wide state ends as it was before the first), free the transfer buffers."""
         try:
             self._active.close()
         finally:
             self.uploader.release()
+            self.downloader.release()
 
-    def startup_seconds(self) -> dict[str, float]:
-        """Seconds of runner activation, paid once per process (a compiled network compiles, or loads its
-        cached kernels, in its first call: see the first case's network seconds)."""
+    def startup_seconds(self) -> dict[str, float | str]:
+        """Seconds of runner activation and of the warm-up call (``warm_up``: done, or why it failed), paid
+        once per process; without a warm-up a compiled network compiles, or loads its cached kernels, in the
+        first case (see its network seconds)."""
         return dict(self._startup)
 
     def predict_image(
@@ -178,7 +218,7 @@ class Predictor:
         with timer.stage("export"):
             # streamed logits live on the host: export fetches a few channels at a time to the device
             regions = self.folder.regions_class_order
-            labels = logits_to_segmentation(logits, pre, self.plan, regions, device=self.device).cpu().numpy()
+            labels = self.downloader(logits_to_segmentation(logits, pre, self.plan, regions, device=self.device))
             probabilities = None
             if self.settings.save_probabilities:
                 probs = logits_to_probabilities(logits, pre, self.plan, regions, device=self.device)

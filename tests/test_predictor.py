@@ -187,3 +187,71 @@ def test_fold_average_in_float16_does_not_overflow(sample_model):
         prediction = predictor.predict_image(ct, (3.0, 3.0, 3.0))
     # one window covers the sample CT (weights <= 10): averaged logits 6000 x 10 < 65504; summed they were inf
     assert prediction.labels.shape == ct.shape[1:] and not prediction.labels.any()
+
+
+class _CostlyFirstCall(Runner):
+    """A real TorchRunner whose first call is declared costly (as a compiled one on CUDA); records each
+    call's (shape, dtype, inference tensor?) and, with ``fail``, raises on its first call."""
+
+    name = "costly"
+
+    def __init__(self, network, fail: bool = False) -> None:
+        super().__init__("cpu")
+        self.inner, self.calls, self.fail = TorchRunner(network, CPU), [], fail
+
+    @property
+    def costly_first_call(self) -> bool:
+        return True
+
+    def activate_impl(self) -> None:
+        self.inner.activate()
+
+    def deactivate_impl(self) -> None:
+        self.inner.deactivate()
+
+    def infer_impl(self, batch):
+        self.calls.append((tuple(batch.shape), batch.dtype, batch.is_inference()))
+        if self.fail and len(self.calls) == 1:
+            raise RuntimeError("compiler exploded\nsecond line")
+        return self.inner.infer(batch)
+
+
+def test_a_costly_first_call_is_made_at_activation_on_a_zero_batch(sample_model, tall_ct):
+    plain = _predictor(sample_model, batch_size=3)
+    with plain:
+        expected = plain.predict_image(tall_ct, (3.3, 3.0, 3.0)).labels
+        assert "warm_up" not in plain.startup_seconds()  # TorchRunner on the CPU: no costly first call
+    runners = [_CostlyFirstCall(network) for network in sample_model.networks]
+    predictor = Predictor(sample_model.folder, runners, PredictSettings(device="cpu", mirror=False, batch_size=3),
+                          sample_model.mirror_axes, CPU)
+    patch = tuple(sample_model.folder.patch_size)
+    with predictor:
+        assert [r.calls for r in runners] == [[((3, 1, *patch), torch.float32, True)]] * len(runners)
+        predictor.activate()  # a second activate makes no second warm-up call
+        assert all(len(r.calls) == 1 for r in runners)
+        startup = predictor.startup_seconds()
+        assert startup["warm_up"] == "done" and startup["warm_up_seconds"] >= 0
+        labels = predictor.predict_image(tall_ct, (3.3, 3.0, 3.0)).labels
+    np.testing.assert_array_equal(labels, expected)  # the warm-up leaves no trace in the answer
+    assert all(len(r.calls) > 1 and all(c[2] for c in r.calls) for r in runners)
+
+
+def test_a_failed_warm_up_is_reported_and_the_first_case_still_runs(sample_model, tall_ct, caplog):
+    runners = [_CostlyFirstCall(network, fail=True) for network in sample_model.networks]
+    predictor = Predictor(sample_model.folder, runners, PredictSettings(device="cpu", mirror=False),
+                          sample_model.mirror_axes, CPU)
+    with predictor:
+        assert predictor.startup_seconds()["warm_up"] == "failed: RuntimeError: compiler exploded"
+        assert "warming the network up before the first case failed" in caplog.text
+        prediction = predictor.predict_image(tall_ct, (3.3, 3.0, 3.0))
+    assert prediction.labels.shape == tall_ct.shape[1:]
+
+
+def test_torch_runner_declares_a_costly_first_call_only_when_compiling_or_capturing_on_cuda(sample_model):
+    network = sample_model.networks[0]
+    assert not TorchRunner(network, CPU).costly_first_call
+    assert not TorchRunner(network, CPU, compile_mode="default", batch_size=2).costly_first_call
+    if torch.cuda.is_available():
+        assert TorchRunner(network, "cuda", compile_mode="default", batch_size=2).costly_first_call
+        assert TorchRunner(network, "cuda", cuda_graph=True, batch_size=2).costly_first_call
+        assert not TorchRunner(network, "cuda").costly_first_call

@@ -1,10 +1,10 @@
-"""Host -> device uploads: same values, dtype and shape; the source array is never touched."""
+"""Host <-> device copies: same values, dtype and shape; the source is never touched."""
 
 import numpy as np
 import pytest
 import torch
 
-from segtrt.transfer import Uploader
+from segtrt.transfer import Downloader, Uploader
 
 
 def _ct(shape=(1, 5, 6, 7), seed=0) -> np.ndarray:
@@ -37,3 +37,31 @@ def test_cuda_uploads_reuse_one_staging_buffer(dtype):
     assert first.device.type == "cuda" and first.dtype == torch.from_numpy(large).dtype
     uploader.release()
     assert uploader._buffer is None
+
+
+def test_cpu_download_is_the_tensors_own_memory():
+    tensor = torch.arange(24, dtype=torch.uint8).reshape(2, 3, 4)
+    array = Downloader(torch.device("cpu"))(tensor)
+    assert array.dtype == np.uint8 and array.shape == (2, 3, 4)
+    assert np.shares_memory(array, tensor.numpy())
+    np.testing.assert_array_equal(array, tensor.numpy())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.float16, torch.float32])
+def test_cuda_downloads_reuse_one_page_locked_buffer_and_return_owned_copies(dtype):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    downloader = Downloader(torch.device("cuda"))
+    large = torch.randint(0, 100, (9, 16, 16), device="cuda").to(dtype)
+    small = torch.randint(0, 100, (4, 8, 8), device="cuda").to(dtype)
+    first = downloader(large)
+    buffer = downloader._buffer
+    assert buffer.is_pinned()
+    second = downloader(small.transpose(0, 2))  # not contiguous: copied in its logical order
+    assert downloader._buffer.data_ptr() == buffer.data_ptr()  # reused, not grown
+    np.testing.assert_array_equal(first, large.cpu().numpy())  # not overwritten by the second download
+    np.testing.assert_array_equal(second, small.transpose(0, 2).cpu().numpy())
+    assert second.shape == (8, 8, 4) and not np.shares_memory(second, buffer.numpy())
+    downloader.release()
+    assert downloader._buffer is None

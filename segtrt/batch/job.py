@@ -67,15 +67,18 @@ def run_batch(
     model_seconds = time.perf_counter() - started
     folder = model.folder
     found = _discover(inputs, folder, batch, output_dir)
+    discovered = time.perf_counter()
     output_dir.mkdir(parents=True, exist_ok=True)
     removed = remove_temporary_files(output_dir)
     manifest = Manifest(output_dir)
     key = settings_key({**result_settings(settings, folder), "outputs": outputs_key(outputs)})
     records, to_run, resume = _plan(found.cases, manifest, model.identity, key, batch.overwrite, output_dir, outputs)
+    planned = time.perf_counter()
     if workers is None:
         runners, backend = create_runners(model, settings, device)
     else:
         backend = workers.start(output_dir, outputs)
+    runners_ready = time.perf_counter()
     report = BatchReport(
         path=output_dir / REPORT_NAME, settings={**asdict(settings), **asdict(batch), "outputs": asdict(outputs),
                                                 "scale": asdict(scale)},
@@ -85,7 +88,10 @@ def run_batch(
         cases=records, discovery=_discovery_entry(found), started=started, started_epoch=started_epoch,
         resume={**resume, "temporary_files_removed": len(removed)},
     )
-    report.startup["model_load_seconds"] = round(model_seconds, 3)
+    report.startup.update(model_load_seconds=round(model_seconds, 3),
+                          discovery_seconds=round(discovered - started - model_seconds, 3),
+                          plan_seconds=round(planned - discovered, 3),
+                          runners_seconds=round(runners_ready - planned, 3))
     report.write()
     manifest.announce([case.case_id for case in to_run], model.identity, key)
     if listener is not None:

@@ -183,7 +183,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[PredictSettings, Batch
 
 def run(args: argparse.Namespace) -> int:
     if (args.compile != "off" and args.backend in ("auto", "torch") and args.devices is None and args.ray is None
-            and os.environ.get("SEGTRT_IMPORT_PREFETCH", "1") != "0"):
+            and os.environ.get("SEGTRT_IMPORT_PREFETCH") == "1"):  # opt-in: measured slower (import_prefetch)
         from segtrt.runners import import_prefetch  # the compile machinery, while the model and images load
 
         import_prefetch.start(cuda=args.device != "cpu")

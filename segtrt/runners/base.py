@@ -91,6 +91,13 @@ class Runner(abc.ABC):
     def deactivate_impl(self) -> None:
         return None
 
+    @property
+    def costly_first_call(self) -> bool:
+        """True when the first call compiles, loads compiled kernels or captures a graph (seconds, not
+        milliseconds): the predictor then makes that call at activation, on a zero batch, while the first
+        images are still being read (segtrt.predictor.Predictor.activate)."""
+        return False
+
     def describe(self) -> dict:
         """What ran, for the run report."""
         return {"backend": self.name, "device": str(self.device)}

@@ -70,10 +70,12 @@ def unavailable_reason() -> str | None:
 
 
 def input_signature(batch: torch.Tensor) -> dict:
-    """What a saved module was compiled for: the input's shape, dtype, strides and device (with its index:
-    inductor's code names the device it was compiled on)."""
+    """What a saved module was compiled for: the input's shape, dtype, strides, device (with its index:
+    inductor's code names the device it was compiled on) and whether it is an inference tensor (a module
+    compiled in this process guards on that: an inference tensor lacks the ADInplaceOrView dispatch key)."""
     return {"shape": [int(s) for s in batch.shape], "dtype": str(batch.dtype).removeprefix("torch."),
-            "stride": [int(s) for s in batch.stride()], "device": str(batch.device)}
+            "stride": [int(s) for s in batch.stride()], "device": str(batch.device),
+            "inference": bool(batch.is_inference())}
 
 
 @dataclass(frozen=True)
@@ -201,7 +203,7 @@ class PrecompiledForward:
         return self.get(batch).call(batch)
 
     def get(self, batch: torch.Tensor) -> Loaded:
-        key = (tuple(batch.shape), batch.dtype, batch.stride(), batch.device)  # input_signature, cheaply
+        key = (tuple(batch.shape), batch.dtype, batch.stride(), batch.device, batch.is_inference())  # cheaply
         loaded = self.modules.get(key)
         if loaded is None:
             loaded = self.modules[key] = self._load(batch)

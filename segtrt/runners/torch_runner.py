@@ -196,6 +196,12 @@ class TorchRunner(Runner):
             self._precompile = precompiled.unavailable_reason() is None
         return self._precompile
 
+    @property
+    def costly_first_call(self) -> bool:
+        """On CUDA, the compiled paths' first call compiles or loads kernels and the graph path captures;
+        on the CPU an extra call would cost a whole batch's compute, so none is made ahead."""
+        return self.device.type == "cuda" and (self.compile_mode is not None or self.cuda_graph)
+
     def _inference_network(self) -> torch.nn.Module:
         return self._half_network if self._half_network is not None else self.network
 

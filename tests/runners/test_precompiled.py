@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -120,3 +121,24 @@ def test_a_failing_precompile_falls_back_to_torch_compile_and_says_so(tmp_path, 
     assert compiled["start"] == "cold"
     assert any("using torch.compile" in r.getMessage() for r in caplog.records)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.slow
+def test_inference_and_ordinary_tensors_get_their_own_entries(tmp_path, monkeypatch):
+    # a module compiled in this process guards on the input's dispatch keys: an ordinary tensor first, then
+    # an inference tensor (the predictor's batches) failed with "dispatch key set mismatch" (H200, 2026-12-03)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("SEGTRT_CACHE_DIR", str(tmp_path / "segtrt"))
+    net = _net()
+    x = torch.randn(2, 1, 8, 8, 8)
+    with torch.no_grad():
+        expected = net(x).numpy()
+    with TorchRunner(net, "cpu", compile_mode="default", batch_size=2, precompile=True) as runner:
+        ordinary = runner.infer(x.clone()).clone().numpy()
+        with torch.inference_mode():
+            inference = runner.infer(x.clone()).clone().numpy()
+    for out in (ordinary, inference):
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    metadata = [json.loads(p.read_text()) for p in (tmp_path / "segtrt" / "compiled" / "precompiled").glob("*.json")]
+    assert sorted(m["fields"]["forward_input"]["inference"] for m in metadata) == [False, True]
+    torch._dynamo.reset()
