@@ -12,7 +12,7 @@ import torch
 from segtrt.errors import BackendUnavailableError
 from segtrt.runners import precompiled
 from segtrt.runners.torch_runner import TorchRunner
-from tiny_nets import conv_net as _net
+from tiny_nets import batch_and_eager, conv_net as _net
 
 
 def test_this_torch_can_save_compiled_modules():
@@ -55,14 +55,10 @@ def test_forward_dispatches_on_shape_dtype_and_strides(tmp_path):
 
 
 @pytest.mark.slow
-def test_precompiled_network_is_saved_then_loaded_rebuilt_when_damaged(tmp_path, monkeypatch, caplog):
+def test_precompiled_network_is_saved_then_loaded_rebuilt_when_damaged(tmp_path, compile_caches, caplog):
     # inductor's CPU code generation (a C++ compile, ~20-40 s on two cores per input shape)
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    monkeypatch.setenv("SEGTRT_CACHE_DIR", str(tmp_path / "segtrt"))
     net = _net()
-    x = torch.randn(2, 1, 8, 8, 8)
-    with torch.no_grad():
-        expected = net(x).numpy()
+    x, expected = batch_and_eager(net)
     folder = tmp_path / "segtrt" / "compiled" / "precompiled"
 
     def run(batches):
@@ -99,18 +95,13 @@ def test_precompiled_network_is_saved_then_loaded_rebuilt_when_damaged(tmp_path,
 
 
 @pytest.mark.slow
-def test_a_failing_precompile_falls_back_to_torch_compile_and_says_so(tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    monkeypatch.setenv("SEGTRT_CACHE_DIR", str(tmp_path / "segtrt"))
-
+def test_a_failing_precompile_falls_back_to_torch_compile_and_says_so(compile_caches, monkeypatch, caplog):
     def refuse(*args, **kwargs):
         raise RuntimeError("this torch refuses to save")
 
     monkeypatch.setattr(precompiled, "load_or_compile", refuse)
     net = _net()
-    x = torch.randn(2, 1, 8, 8, 8)
-    with torch.no_grad():
-        expected = net(x).numpy()
+    x, expected = batch_and_eager(net)
     with caplog.at_level(logging.WARNING, logger="segtrt.runners.torch_runner"), \
             TorchRunner(net, "cpu", compile_mode="default", batch_size=2, precompile=True) as runner, \
             torch.inference_mode():
@@ -124,21 +115,17 @@ def test_a_failing_precompile_falls_back_to_torch_compile_and_says_so(tmp_path, 
 
 
 @pytest.mark.slow
-def test_inference_and_ordinary_tensors_get_their_own_entries(tmp_path, monkeypatch):
+def test_inference_and_ordinary_tensors_get_their_own_entries(compile_caches):
     # a module compiled in this process guards on the input's dispatch keys: an ordinary tensor first, then
     # an inference tensor (the predictor's batches) failed with "dispatch key set mismatch" (H200, 2026-12-03)
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    monkeypatch.setenv("SEGTRT_CACHE_DIR", str(tmp_path / "segtrt"))
     net = _net()
-    x = torch.randn(2, 1, 8, 8, 8)
-    with torch.no_grad():
-        expected = net(x).numpy()
+    x, expected = batch_and_eager(net)
     with TorchRunner(net, "cpu", compile_mode="default", batch_size=2, precompile=True) as runner:
         ordinary = runner.infer(x.clone()).clone().numpy()
         with torch.inference_mode():
             inference = runner.infer(x.clone()).clone().numpy()
     for out in (ordinary, inference):
         np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
-    metadata = [json.loads(p.read_text()) for p in (tmp_path / "segtrt" / "compiled" / "precompiled").glob("*.json")]
+    metadata = [json.loads(p.read_text()) for p in (compile_caches / "compiled" / "precompiled").glob("*.json")]
     assert sorted(m["fields"]["forward_input"]["inference"] for m in metadata) == [False, True]
     torch._dynamo.reset()

@@ -8,7 +8,7 @@ import torch
 
 from segtrt.errors import BackendUnavailableError
 from segtrt.runners.torch_runner import TorchRunner
-from tiny_nets import conv_net as _net
+from tiny_nets import batch_and_eager, conv_net as _net
 
 
 def test_eager_matches_network_and_has_no_static_batch():
@@ -30,14 +30,10 @@ def test_rejects_unknown_compile_mode_and_cpu_graphs():
 
 
 @pytest.mark.slow
-def test_compiled_matches_eager_on_cpu(tmp_path, monkeypatch):
+def test_compiled_matches_eager_on_cpu(tmp_path, compile_caches):
     # inductor's CPU code generation: same maths, other kernels; fp32 reassociation stays ~1e-6 of the logits
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    monkeypatch.setenv("SEGTRT_CACHE_DIR", str(tmp_path / "segtrt"))
     net = _net()
-    x = torch.randn(2, 1, 8, 8, 8)
-    with torch.no_grad():
-        expected = net(x).numpy()
+    x, expected = batch_and_eager(net)
     with TorchRunner(net, "cpu", compile_mode="default", batch_size=2) as runner:
         assert runner.fixed_batch_size == 2
         out = runner.infer(x).numpy()

@@ -14,3 +14,10 @@ def conv_net(in_channels: int = 1, seed: int = 0) -> torch.nn.Module:
         torch.nn.LeakyReLU(0.01),
         torch.nn.Conv3d(4, 3, 1),
     ).eval()
+
+
+def batch_and_eager(net: torch.nn.Module, shape=(2, 1, 8, 8, 8)) -> tuple[torch.Tensor, "np.ndarray"]:
+    """A random batch of ``shape`` and ``net``'s eager fp32 logits for it (the reference compiled paths meet)."""
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        return x, net(x).numpy()
