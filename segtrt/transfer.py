@@ -21,6 +21,11 @@ class Uploader:
     the slow part of a pinned copy (measured on an H200: 216 ms to pin a fresh 315 MB block, 8 ms to
     copy into an existing one, 6 ms host -> device), so it is paid once per run, not once per case.
     Before the buffer is reused, the previous copy out of it is waited for.
+
+    An array that is a transposed view of contiguous memory (a Fortran-ordered volume, a nibabel array
+    turned to (z, y, x), the benchmarks' synthetic CT) is copied in its memory order and put back in
+    array order on the device: numpy's strided copy of such a 315 MB CT into the buffer took 0.33-0.47 s
+    (1 GB/s; 0.03 s contiguous), the device's transpose well under a millisecond.
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -33,14 +38,19 @@ class Uploader:
         if self.device.type != "cuda":
             return torch.from_numpy(np.ascontiguousarray(array))
         start = time.perf_counter()
-        staging = self._staging(array.shape, _torch_dtype(array.dtype))
+        order = packed_order(array)
+        source = array if order is None else array.transpose(order)  # a view in memory order: a plain copy
+        staging = self._staging(source.shape, _torch_dtype(array.dtype))
         # numpy copies straight into the page-locked buffer (no torch.from_numpy of the source)
-        np.copyto(staging.numpy(), array, casting="no")
+        np.copyto(staging.numpy(), source, casting="no")
         copied = time.perf_counter()
         tensor = staging.to(self.device, non_blocking=True)
         self._copied = torch.cuda.Event()
         self._copied.record(torch.cuda.current_stream(self.device))
-        log.debug("upload %s %s: %.1f ms into the staging buffer", array.shape, array.dtype, (copied - start) * 1e3)
+        if order is not None:
+            tensor = tensor.permute(tuple(int(i) for i in np.argsort(order))).contiguous()
+        log.debug("upload %s %s%s: %.1f ms into the staging buffer", array.shape, array.dtype,
+                  "" if order is None else f" (memory order {order})", (copied - start) * 1e3)
         return tensor
 
     def release(self) -> None:
@@ -60,6 +70,18 @@ class Uploader:
             log.debug("staging buffer: %.1f MB page-locked in %.1f ms", nbytes / 1e6,
                       (time.perf_counter() - started) * 1e3)
         return self._buffer[:nbytes].view(dtype).view(shape)
+
+
+def packed_order(array: np.ndarray) -> tuple[int, ...] | None:
+    """The axis order in which ``array`` is a C-contiguous block (``array.transpose(order)`` is), when it
+    is not C-contiguous itself but a transposed view of one; None otherwise (C-contiguous already, or
+    strided in another way: a slice, a flip, a broadcast). Axes of length 1 go last (their strides are
+    irrelevant)."""
+    if array.flags.c_contiguous or array.ndim < 2:
+        return None
+    order = tuple(sorted(range(array.ndim),
+                         key=lambda a: (array.shape[a] == 1, -array.strides[a], a)))
+    return order if array.transpose(order).flags.c_contiguous else None
 
 
 class Downloader:

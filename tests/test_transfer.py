@@ -65,3 +65,33 @@ def test_cuda_downloads_reuse_one_page_locked_buffer_and_return_owned_copies(dty
     assert second.shape == (8, 8, 4) and not np.shares_memory(second, buffer.numpy())
     downloader.release()
     assert downloader._buffer is None
+
+
+def test_packed_order_finds_the_memory_order_of_transposed_volumes():
+    from segtrt.transfer import packed_order
+
+    c = np.zeros((1, 4, 5, 6), np.float32)
+    assert packed_order(c) is None  # contiguous already
+    fortran = np.asfortranarray(np.zeros((4, 5, 6), np.int16))
+    assert packed_order(fortran) == (2, 1, 0) and fortran.transpose(2, 1, 0).flags.c_contiguous
+    xyz = np.zeros((6, 5, 4), np.float32)  # e.g. a volume stored x, y, z, viewed as (1, z, y, x)
+    view = xyz.transpose(2, 1, 0)[None]
+    order = packed_order(view)
+    assert order is not None and view.transpose(order).flags.c_contiguous
+    np.testing.assert_array_equal(view.transpose(order).transpose(np.argsort(order)), view)
+    assert packed_order(c[:, ::2]) is None  # a strided slice: no order packs it
+    assert packed_order(c[:, ::-1]) is None  # a flip
+    assert packed_order(np.broadcast_to(np.zeros((1, 5, 6)), (3, 5, 6))) is None
+
+
+@pytest.mark.gpu
+def test_cuda_upload_of_a_transposed_volume_gives_the_array_order():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    xyz = _ct((7, 6, 5), 3)  # stored x-major
+    view = xyz.transpose(2, 1, 0)[None]  # (1, z, y, x), not contiguous
+    before = view.copy()
+    tensor = Uploader(torch.device("cuda"))(view)
+    assert tuple(tensor.shape) == view.shape and tensor.is_contiguous()
+    np.testing.assert_array_equal(tensor.cpu().numpy(), before)
+    np.testing.assert_array_equal(view, before)
