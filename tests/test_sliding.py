@@ -7,7 +7,8 @@ import pytest
 import torch
 from numpy.testing import assert_allclose
 
-from segtrt.sliding import SlidingWindowOptions, sliding_window_logits
+from segtrt.sliding import SlidingWindowOptions, importance_map, sliding_window_logits
+from segtrt.windows import gaussian_importance_map
 
 SHAPES = [(17, 23, 31), (5, 7, 9), (32, 48, 40), (33, 49, 41), (70, 13, 100), (1, 60, 3)]
 
@@ -105,3 +106,19 @@ def test_runner_reusing_its_output_buffer():
                                 max_call_batch=2)
     out = sliding_window_logits(data, [reuse], opts)
     assert_allclose(out.numpy(), 2 * data.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_the_importance_map_is_made_once_per_patch_and_device_and_never_changed():
+    patch = (8, 12, 10)
+    shared = importance_map(patch, torch.device("cpu"))
+    assert importance_map(patch, torch.device("cpu")) is shared
+    assert importance_map((8, 12, 12), torch.device("cpu")) is not shared
+    expected = gaussian_importance_map(patch)
+    np.testing.assert_array_equal(shared.numpy(), expected)
+    data = torch.randn(1, 20, 25, 22)
+    first = [sliding_window_logits(data, [lambda x: x.repeat(1, 2, 1, 1, 1)],
+                                   SlidingWindowOptions(patch, 2, accumulate_dtype=dtype)) for dtype in
+             (torch.float32, torch.float16)]
+    second = sliding_window_logits(data, [lambda x: x.repeat(1, 2, 1, 1, 1)], SlidingWindowOptions(patch, 2))
+    np.testing.assert_array_equal(shared.numpy(), expected)  # used by three runs, unchanged
+    assert torch.equal(first[0], second)
