@@ -7,6 +7,12 @@ bug in segtrt and keeps its traceback.
 """
 
 
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters), for logs and the run report."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
 class SegtrtError(Exception):
     """A problem the user can fix; the message is shown as-is, without a traceback."""
 

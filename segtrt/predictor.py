@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from segtrt.config import PredictSettings
-from segtrt.errors import DeviceMemoryError, InputImageError, NonFiniteError
+from segtrt.errors import DeviceMemoryError, InputImageError, NonFiniteError, one_line
 from segtrt.io import Case, Geometry, read_image, write_probabilities, write_segmentation
 from segtrt.io.nonfinite import apply_nonfinite_policy
 from segtrt.nnunet import ModelFolder
@@ -145,10 +145,9 @@ class Predictor:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
         except Exception as exc:  # noqa: BLE001 - explicit: logged, reported, retried by the first case
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            log.warning("warming the network up before the first case failed (%s: %s); the first case makes "
-                        "that call instead", type(exc).__name__, first_line)
-            self._startup["warm_up"] = f"failed: {type(exc).__name__}: {first_line}"[:300]
+            log.warning("warming the network up before the first case failed (%s); the first case makes that "
+                        "call instead", one_line(exc))
+            self._startup["warm_up"] = f"failed: {one_line(exc)}"
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
         else:

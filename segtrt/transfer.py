@@ -30,7 +30,7 @@ class Uploader:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self._buffer: torch.Tensor | None = None
+        self._pinned = _PageLocked()
         self._copied: torch.cuda.Event | None = None
 
     def __call__(self, array: np.ndarray) -> torch.Tensor:
@@ -57,19 +57,18 @@ class Uploader:
         """Give the staging buffer back (after its last copy has finished)."""
         if self._copied is not None:
             self._copied.synchronize()
-        self._buffer = self._copied = None
+        self._pinned.release()
+        self._copied = None
+
+    @property
+    def buffer(self) -> torch.Tensor | None:
+        """The page-locked staging buffer held now (None before the first upload and after release)."""
+        return self._pinned.tensor
 
     def _staging(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
         if self._copied is not None:
             self._copied.synchronize()  # the last upload has left the buffer
-        if self._buffer is None or self._buffer.numel() < nbytes:
-            self._buffer = None
-            started = time.perf_counter()
-            self._buffer = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
-            log.debug("staging buffer: %.1f MB page-locked in %.1f ms", nbytes / 1e6,
-                      (time.perf_counter() - started) * 1e3)
-        return self._buffer[:nbytes].view(dtype).view(shape)
+        return self._pinned.view(shape, dtype)
 
 
 def packed_order(array: np.ndarray) -> tuple[int, ...] | None:
@@ -97,18 +96,14 @@ class Downloader:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self._buffer: torch.Tensor | None = None
+        self._pinned = _PageLocked()
 
     def __call__(self, tensor: torch.Tensor) -> np.ndarray:
         """``tensor``'s values as a host array of the same dtype and shape (a copy the caller owns)."""
         if tensor.device.type != "cuda":
             return tensor.numpy()
         start = time.perf_counter()
-        nbytes = tensor.numel() * tensor.element_size()
-        if self._buffer is None or self._buffer.numel() < nbytes:
-            self._buffer = None
-            self._buffer = torch.empty(max(nbytes, 1), dtype=torch.uint8, pin_memory=True)
-        staging = self._buffer[:nbytes].view(tensor.dtype).view(tensor.shape)
+        staging = self._pinned.view(tuple(tensor.shape), tensor.dtype)
         staging.copy_(tensor, non_blocking=True)
         torch.cuda.current_stream(tensor.device).synchronize()
         array = staging.numpy().copy()
@@ -117,6 +112,35 @@ class Downloader:
 
     def release(self) -> None:
         """Give the buffer back (every copy out of it has finished: each call waits for its own)."""
+        self._pinned.release()
+
+    @property
+    def buffer(self) -> torch.Tensor | None:
+        """The page-locked buffer held now (None before the first download and after release)."""
+        return self._pinned.tensor
+
+
+class _PageLocked:
+    """One page-locked host buffer, grown to the largest request and reused; viewed as any dtype and shape."""
+
+    def __init__(self) -> None:
+        self._buffer: torch.Tensor | None = None
+
+    def view(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        if self._buffer is None or self._buffer.numel() < nbytes:
+            self._buffer = None  # let the old one go first: never hold both
+            started = time.perf_counter()
+            self._buffer = torch.empty(max(nbytes, 1), dtype=torch.uint8, pin_memory=True)
+            log.debug("staging buffer: %.1f MB page-locked in %.1f ms", nbytes / 1e6,
+                      (time.perf_counter() - started) * 1e3)
+        return self._buffer[:nbytes].view(dtype).view(shape)
+
+    @property
+    def tensor(self) -> torch.Tensor | None:
+        return self._buffer
+
+    def release(self) -> None:
         self._buffer = None
 
 

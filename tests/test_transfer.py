@@ -28,15 +28,15 @@ def test_cuda_uploads_reuse_one_staging_buffer(dtype):
     uploader = Uploader(torch.device("cuda"))
     large, small = _ct((1, 9, 16, 16), 1).astype(dtype), _ct((2, 4, 8, 8), 2).astype(dtype)
     first = uploader(large)
-    buffer = uploader._buffer
+    buffer = uploader.buffer
     second = uploader(small)  # fits: the same page-locked buffer is reused
-    assert uploader._buffer is buffer and buffer.is_pinned()
+    assert uploader.buffer is buffer and buffer.is_pinned()
     # the first upload has landed before the buffer was overwritten by the second
     np.testing.assert_array_equal(first.cpu().numpy(), large)
     np.testing.assert_array_equal(second.cpu().numpy(), small)
     assert first.device.type == "cuda" and first.dtype == torch.from_numpy(large).dtype
     uploader.release()
-    assert uploader._buffer is None
+    assert uploader.buffer is None
 
 
 def test_cpu_download_is_the_tensors_own_memory():
@@ -56,15 +56,15 @@ def test_cuda_downloads_reuse_one_page_locked_buffer_and_return_owned_copies(dty
     large = torch.randint(0, 100, (9, 16, 16), device="cuda").to(dtype)
     small = torch.randint(0, 100, (4, 8, 8), device="cuda").to(dtype)
     first = downloader(large)
-    buffer = downloader._buffer
+    buffer = downloader.buffer
     assert buffer.is_pinned()
     second = downloader(small.transpose(0, 2))  # not contiguous: copied in its logical order
-    assert downloader._buffer.data_ptr() == buffer.data_ptr()  # reused, not grown
+    assert downloader.buffer.data_ptr() == buffer.data_ptr()  # reused, not grown
     np.testing.assert_array_equal(first, large.cpu().numpy())  # not overwritten by the second download
     np.testing.assert_array_equal(second, small.transpose(0, 2).cpu().numpy())
     assert second.shape == (8, 8, 4) and not np.shares_memory(second, buffer.numpy())
     downloader.release()
-    assert downloader._buffer is None
+    assert downloader.buffer is None
 
 
 def test_packed_order_finds_the_memory_order_of_transposed_volumes():

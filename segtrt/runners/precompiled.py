@@ -44,6 +44,7 @@ import torch
 
 from segtrt import config
 from segtrt.engine.cache import cache_key
+from segtrt.errors import one_line  # noqa: F401 - also this module's name for it (torch_runner, tests)
 from segtrt.io.hashing import file_sha256
 from segtrt.io.locking import file_lock
 from segtrt.io.writers import atomic_write_bytes
@@ -208,9 +209,3 @@ class PrecompiledForward:
         if loaded is None:
             loaded = self.modules[key] = self._load(batch)
         return loaded
-
-
-def one_line(exc: BaseException) -> str:
-    """``Type: first line of the message`` (at most 200 characters), for logs and the run report."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
