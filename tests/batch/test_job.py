@@ -79,6 +79,10 @@ def test_hospital_tree(hospital_tree: Path, tmp_path: Path, capsys) -> None:
     errors = {c["case_id"]: c["error"] for c in body["cases"] if c["error"]}
     assert "truncated or corrupt" in errors["siteB/broken"]
     assert "4D image" in errors["siteB/dynamic"]
+    startup = body["startup"]  # where the job's start went, each step once per process
+    for step in ("model_load_seconds", "discovery_seconds", "plan_seconds", "runners_seconds", "activate_seconds"):
+        assert 0 <= startup[step] < 60, (step, startup)
+    assert "warm_up" not in startup  # eager on the CPU: no costly first call to make ahead
     skipped = {Path(s["path"]).name: s["reason"] for s in body["discovery"]["skipped"]}
     assert skipped["SE2"].endswith("a localizer (scout) series")
     assert skipped["notes.txt"] == skipped["Thumbs.db"] == "not an image or DICOM file"
