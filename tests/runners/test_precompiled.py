@@ -55,7 +55,8 @@ def test_forward_dispatches_on_shape_dtype_and_strides(tmp_path):
 
 
 @pytest.mark.slow
-def test_precompiled_network_is_saved_then_loaded_rebuilt_when_damaged(tmp_path, compile_caches, caplog):
+def test_precompiled_network_is_saved_then_loaded_rebuilt_when_damaged(tmp_path, compile_caches, caplog,
+                                                                       monkeypatch):
     # inductor's CPU code generation (a C++ compile, ~20-40 s on two cores per input shape)
     net = _net()
     x, expected = batch_and_eager(net)
@@ -73,10 +74,14 @@ def test_precompiled_network_is_saved_then_loaded_rebuilt_when_damaged(tmp_path,
     assert len(list(folder.glob("*.bin"))) == 1 and len(list(folder.glob("*.json"))) == 1
     torch._dynamo.reset()
 
-    # a later runner (as a later process) loads it: no tracing, the same kernels, the same answer
+    # a later runner (as a later process) loads it: no tracing, the same kernels, the same answer; and
+    # inductor, when it asks how many compile workers to use while loading, hears 1 (no worker pool started)
     other = torch.randn(2, 1, 8, 8, 8)
-    (again, second), compiled = run([x, other])
+    with monkeypatch.context() as patch:
+        threads = _spy_on_compile_threads(patch)
+        (again, second), compiled = run([x, other])
     assert compiled["start"] == "warm" and compiled["precompiled"] == "loaded", compiled
+    assert threads and set(threads) == {1}, threads
     np.testing.assert_array_equal(again, first)
     with torch.no_grad():
         np.testing.assert_allclose(second, net(other).numpy(), rtol=1e-5, atol=1e-5 * np.abs(expected).max())
@@ -92,6 +97,20 @@ def test_precompiled_network_is_saved_then_loaded_rebuilt_when_damaged(tmp_path,
     np.testing.assert_array_equal(rebuilt, first)
     torch._dynamo.reset()
     assert not [p for p in folder.iterdir() if p.suffix not in (".bin", ".json", ".lock")], "temporaries left"
+
+
+def _spy_on_compile_threads(monkeypatch) -> list[int]:
+    """The compile-worker counts inductor's ``get_compile_threads`` returns from now on."""
+    import torch._inductor.async_compile as async_compile
+
+    seen, real = [], async_compile.get_compile_threads
+
+    def spy() -> int:
+        seen.append(real())
+        return seen[-1]
+
+    monkeypatch.setattr(async_compile, "get_compile_threads", spy)
+    return seen
 
 
 @pytest.mark.slow
