@@ -1,10 +1,14 @@
 """Host <-> device copies: same values, dtype and shape; the source is never touched."""
 
+import os
+import threading
+
 import numpy as np
 import pytest
 import torch
 
-from segtrt.transfer import Downloader, Uploader
+from segtrt import transfer
+from segtrt.transfer import Downloader, Uploader, host_copy
 
 
 def _ct(shape=(1, 5, 6, 7), seed=0) -> np.ndarray:
@@ -95,3 +99,32 @@ def test_cuda_upload_of_a_transposed_volume_gives_the_array_order():
     assert tuple(tensor.shape) == view.shape and tensor.is_contiguous()
     np.testing.assert_array_equal(tensor.cpu().numpy(), before)
     np.testing.assert_array_equal(view, before)
+
+
+@pytest.mark.parametrize("elements", [1, 7, 4096, 100_003])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32])
+def test_host_copy_splits_large_copies_over_threads_and_copies_every_element(monkeypatch, elements, dtype):
+    monkeypatch.setattr(transfer, "PARALLEL_COPY_BYTES", 1024)  # split anything of 1 KiB or more
+    src = np.random.default_rng(elements).integers(0, 250, size=(elements,)).astype(dtype).reshape(elements, 1)
+    before = src.copy()
+    dst = np.zeros_like(src)
+    host_copy(dst, src)
+    np.testing.assert_array_equal(dst, src)
+    np.testing.assert_array_equal(src, before)
+    split = transfer._copy_parts(src)
+    assert split == (1 if src.nbytes < 1024 else min(transfer.COPY_THREADS, os.cpu_count(), src.nbytes // 512))
+    if split > 1:
+        assert any(t.name.startswith("segtrt-copy") for t in threading.enumerate())
+
+
+def test_host_copy_of_strided_views_and_mismatches(monkeypatch):
+    monkeypatch.setattr(transfer, "PARALLEL_COPY_BYTES", 1024)
+    volume = _ct((1, 40, 30, 20))
+    flipped = volume[:, ::-1]  # not C-contiguous: one plain copy, same values
+    dst = np.empty(flipped.shape, flipped.dtype)
+    host_copy(dst, flipped)
+    np.testing.assert_array_equal(dst, flipped)
+    with pytest.raises(ValueError, match="into"):
+        host_copy(np.empty((1, 40, 30, 20), np.float32), volume)
+    with pytest.raises(ValueError, match="into"):
+        host_copy(np.empty((1, 40, 30, 21), np.int16), volume)
