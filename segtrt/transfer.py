@@ -159,7 +159,7 @@ _pool_lock = threading.Lock()
 
 
 def _copy_pool() -> ThreadPoolExecutor:
-    """The process's copy threads, started on the first large copy (daemon-like: idle ones cost nothing)."""
+    """The process's copy threads, started on the first large copy (idle ones just wait; joined at exit)."""
     global _pool
     with _pool_lock:
         if _pool is None:
