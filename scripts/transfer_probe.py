@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from segtrt.transfer import Downloader  # noqa: E402
+from segtrt.transfer import Downloader, host_copy  # noqa: E402
 
 VOLUMES = {"ct int16": ((1, 300, 512, 512), np.int16), "ct float32": ((1, 300, 512, 512), np.float32),
            "labels uint8": ((300, 512, 512), np.uint8)}
@@ -46,14 +46,6 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def chunked_copy(dst: np.ndarray, src: np.ndarray, pool: ThreadPoolExecutor, parts: int) -> None:
-    """``dst[...] = src`` as ``parts`` contiguous slices copied on ``pool``'s threads."""
-    flat_dst, flat_src = dst.reshape(-1), src.reshape(-1)
-    bounds = np.linspace(0, flat_src.size, parts + 1).astype(int)
-    list(pool.map(lambda i: np.copyto(flat_dst[bounds[i]:bounds[i + 1]], flat_src[bounds[i]:bounds[i + 1]]),
-                  range(parts)))
-
-
 def probe(shape, dtype, device: torch.device, threads: int, repeats: int) -> dict:
     rng = np.random.default_rng(0)
     src = rng.integers(0, 100, size=shape).astype(dtype)
@@ -63,13 +55,13 @@ def probe(shape, dtype, device: torch.device, threads: int, repeats: int) -> dic
     rows["host copy -> ordinary, 1 thread"] = median_seconds(lambda: np.copyto(plain, src), repeats)
     with ThreadPoolExecutor(threads) as pool:
         rows[f"host copy -> ordinary, {threads} threads"] = median_seconds(
-            lambda: chunked_copy(plain, src, pool, threads), repeats)
+            lambda: host_copy(plain, src, threads, pool), repeats)
         if device.type == "cuda":
             pinned = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
             staging = pinned.numpy().view(dtype).reshape(shape)
             rows["host copy -> page-locked, 1 thread"] = median_seconds(lambda: np.copyto(staging, src), repeats)
             rows[f"host copy -> page-locked, {threads} threads"] = median_seconds(
-                lambda: chunked_copy(staging, src, pool, threads), repeats)
+                lambda: host_copy(staging, src, threads, pool), repeats)
     if device.type == "cuda":
         def upload(tensor):
             tensor.to(device, non_blocking=True)

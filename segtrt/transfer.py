@@ -116,8 +116,9 @@ class Downloader:
         staging = self._pinned.view(tuple(tensor.shape), tensor.dtype)
         staging.copy_(tensor, non_blocking=True)
         torch.cuda.current_stream(tensor.device).synchronize()
-        array = np.empty(tuple(tensor.shape), dtype=staging.numpy().dtype)
-        host_copy(array, staging.numpy())
+        pinned = staging.numpy()
+        array = np.empty_like(pinned)  # ordinary memory, owned by the caller
+        host_copy(array, pinned)
         log.debug("download %s %s: %.1f ms", tuple(tensor.shape), tensor.dtype, (time.perf_counter() - start) * 1e3)
         return array
 
@@ -131,18 +132,23 @@ class Downloader:
         return self._pinned.tensor
 
 
-def host_copy(dst: np.ndarray, src: np.ndarray) -> None:
+def host_copy(dst: np.ndarray, src: np.ndarray, parts: int | None = None,
+              pool: ThreadPoolExecutor | None = None) -> None:
     """``dst[...] = src`` for arrays of one shape and dtype (``casting="no"``); a large copy between
-    C-contiguous arrays is split into contiguous slices copied on up to ``COPY_THREADS`` threads."""
+    C-contiguous arrays is split into contiguous slices copied on up to ``COPY_THREADS`` threads.
+
+    parts / pool: the number of slices and the threads that copy them (scripts/transfer_probe.py times
+    chosen splits); by default chosen from the size, on the process's copy threads."""
     if dst.shape != src.shape or dst.dtype != src.dtype:
         raise ValueError(f"host_copy: {src.shape} {src.dtype} into {dst.shape} {dst.dtype}")
-    parts = _copy_parts(src)
+    parts = _copy_parts(src) if parts is None else parts
     if parts <= 1 or not (dst.flags.c_contiguous and src.flags.c_contiguous):
         np.copyto(dst, src, casting="no")
         return
+    pool = pool or _copy_pool()
     flat_dst, flat_src = dst.reshape(-1), src.reshape(-1)  # views: both are C-contiguous
     bounds = np.linspace(0, flat_src.size, parts + 1).astype(np.int64)
-    copies = [_copy_pool().submit(np.copyto, flat_dst[a:b], flat_src[a:b], casting="no")
+    copies = [pool.submit(np.copyto, flat_dst[a:b], flat_src[a:b], casting="no")
               for a, b in zip(bounds[:-1], bounds[1:])]
     for copy in copies:
         copy.result()

@@ -2,6 +2,7 @@
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -128,3 +129,12 @@ def test_host_copy_of_strided_views_and_mismatches(monkeypatch):
         host_copy(np.empty((1, 40, 30, 20), np.float32), volume)
     with pytest.raises(ValueError, match="into"):
         host_copy(np.empty((1, 40, 30, 21), np.int16), volume)
+
+
+def test_host_copy_copies_every_element_whatever_the_split():
+    src = np.random.default_rng(0).integers(-1000, 1000, size=(1, 7, 5, 3)).astype(np.int16)
+    with ThreadPoolExecutor(3) as pool:
+        for parts in (1, 2, 3, 7, 105):
+            dst = np.zeros_like(src)
+            host_copy(dst, src, parts, pool)
+            np.testing.assert_array_equal(dst, src)

@@ -1,29 +1,13 @@
-"""scripts/transfer_probe.py: its chunked parallel copy, and a CI-sized CPU run writing its JSON."""
+"""scripts/transfer_probe.py: a CI-sized CPU run writing its JSON."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "transfer_probe.py"
-
-
-def test_chunked_copy_copies_every_element_whatever_the_split():
-    spec = importlib.util.spec_from_file_location("transfer_probe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    src = np.random.default_rng(0).integers(-1000, 1000, size=(1, 7, 5, 3)).astype(np.int16)
-    with ThreadPoolExecutor(3) as pool:
-        for parts in (1, 2, 3, 7, 105):
-            dst = np.zeros_like(src)
-            module.chunked_copy(dst, src, pool, parts)
-            np.testing.assert_array_equal(dst, src)
 
 
 def test_a_small_cpu_probe_writes_its_json(tmp_path):
