@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from segtrt.backends import create_runners  # noqa: E402
-from segtrt.config import PredictSettings  # noqa: E402
+from segtrt.config import COMPILE_MODES, PredictSettings  # noqa: E402
 from segtrt.nnunet import load_model  # noqa: E402
 from segtrt.predictor import Predictor  # noqa: E402
 
@@ -238,8 +238,8 @@ class Variant:
 
     @property
     def compile(self) -> str:
-        return {"compile": "default", "compile-graph": "default",
-                "autotune": "max-autotune-no-cudagraphs"}.get(self.path, "off")
+        """The --compile value (segtrt.config.COMPILE_MODES maps it to torch's mode)."""
+        return {"compile": "default", "compile-graph": "default", "autotune": "max-autotune"}.get(self.path, "off")
 
     @property
     def label(self) -> str:
@@ -260,7 +260,7 @@ def network_ms_per_patch(folder: Path, w: Workload, variant: Variant, device: to
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         net(x[:1])
     flops = counter.get_total_flops()
-    compile_mode = None if variant.compile == "off" else variant.compile
+    compile_mode = COMPILE_MODES[variant.compile]
     runner = TorchRunner(net, device, variant.precision, compile_mode=compile_mode,
                          cuda_graph=variant.path in ("graph", "compile-graph"), batch_size=variant.batch)
     with runner:
