@@ -142,6 +142,7 @@ def segtrt_run(cases: Path, out: Path, model: Path, tta: bool, device: str, extr
                   stage_median_s={k: round(float(np.median(v)), 3) for k, v in stages.items()},
                   first_case_s={k: round(v, 3) for k, v in done[0]["seconds"].items()} if done else None,
                   cases_done=len(done), timeline=io.get("timeline"), runner=report.get("backend", {}).get("runner"),
+                  while_compiling=report.get("backend", {}).get("while_compiling"),
                   phases=phases(result, report, predicts))
     return result
 
@@ -270,8 +271,8 @@ def print_table(results: dict) -> None:
               f"{waited.get('write', '')} | {labels.get('agreement_min', '')} | {labels.get('dice_min', '')} | "
               f"{r['exit_code']} |")
     print("\n| tool | TTA | process->job s | job->1st predict s | 1st predict s | device loop s (per case) | "
-          "tail writes s | exit s | runner first call |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "tail writes s | exit s | runner first call | while compiling |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results["runs"]:
         ph, runner = r.get("phases") or {}, r.get("runner") or {}
         if not ph:
@@ -280,7 +281,19 @@ def print_table(results: dict) -> None:
         print(f"| {r['tool']} | {'on' if r['tta'] else 'off'} | {ph['process_to_job_s']} | "
               f"{ph['job_to_first_predict_s']} | {ph['first_predict_s']} | {ph['device_loop_s']} "
               f"({ph['device_loop_s_per_case']}) | {ph['tail_writes_s']} | {ph['exit_s']} | "
-              f"{runner.get('activate_seconds', '')} {runner.get('first_call_seconds', '')} {start} |")
+              f"{runner.get('activate_seconds', '')} {runner.get('first_call_seconds', '')} {start} |"
+              f"{_while_compiling(r.get('while_compiling'))} |")
+
+
+def _while_compiling(entry: dict | None) -> str:
+    """The report's ``backend.while_compiling`` in a few words: eager cases, when the compiled net was ready."""
+    if not entry:
+        return ""
+    if entry.get("mode") == "wait":
+        return f"wait ({entry.get('reason')})"
+    return (f"{len(entry.get('eager_cases', []))} eager, {entry.get('compiled_cases')} compiled, ready after "
+            f"{entry.get('ready_after_seconds')} s ({entry.get('compiled')}), waited at end "
+            f"{entry.get('waited_at_end_seconds')} s")
 
 
 def _gpu_name() -> str | None:

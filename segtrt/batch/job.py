@@ -7,17 +7,19 @@ manifest and the report, which it updates after every case (on the calling threa
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
 
-from segtrt.backends import create_runners
+from segtrt.backends import create_runners, torch_runner
 from segtrt.batch.discovery import Discovery, ModelInputs, discover
+from segtrt.batch.handover import EagerUntilCompiled, handover_reason
 from segtrt.batch.manifest import Manifest, fingerprint, remove_temporary_files, settings_key
 from segtrt.batch.report import REPORT_NAME, BatchReport, CaseRecord
 from segtrt.batch.scheduler import Limits, run_in_sequence, run_scheduled
@@ -202,6 +204,7 @@ def _run_cases(report, to_run, manifest, model, runners, settings, batch, device
             listener.case_finished(record, report)
 
     predictor = Predictor(model.folder, runners, settings, model.mirror_axes, device)
+    predictor, while_compiling = _with_eager_start(predictor, model, settings, batch, report.backend, device)
     steps.predictor = predictor
 
     def prepare() -> None:  # runs while the first images are read
@@ -222,6 +225,10 @@ def _run_cases(report, to_run, manifest, model, runners, settings, batch, device
         predictor.close()
         # after the first call: how the compiled network started (warm or cold cache), first-call seconds
         report.backend["runner"] = runners[0].describe()
+        if isinstance(predictor, EagerUntilCompiled):
+            report.backend["while_compiling"] = predictor.summary()
+        elif while_compiling is not None:
+            report.backend["while_compiling"] = while_compiling
     threads = ({"read_workers": limits.read_workers, "read_ahead": limits.read_ahead,
                 "write_workers": limits.write_workers} if settings.overlap_io else {})
     report.io = {"overlapped": settings.overlap_io, **threads,
@@ -230,6 +237,28 @@ def _run_cases(report, to_run, manifest, model, runners, settings, batch, device
                  "timeline": [list(entry) for entry in run.timeline]}
     report.state = "finished"
     report.write()
+
+
+def _with_eager_start(predictor: Predictor, model, settings: PredictSettings, batch: BatchSettings, backend: dict,
+                      device) -> tuple["Predictor | EagerUntilCompiled", dict | None]:
+    """``--while-compiling eager``: the compiled predictor paired with an eager one (segtrt.batch.handover)
+    where that can run; otherwise the predictor itself and, for a compiled run, why it waits."""
+    if settings.compile == "off":
+        return predictor, None
+    reason = "--while-compiling wait" if batch.while_compiling == "wait" else handover_reason(
+        settings, backend.get("backend", settings.backend), device)
+    if reason is not None:
+        if batch.while_compiling == "eager":
+            log.warning("--while-compiling eager does not apply here (%s); the first case waits for the compiled "
+                        "network", reason)
+        return predictor, {"mode": "wait", "reason": reason}
+    eager_settings = replace(settings, compile="off", cuda_graph=False, channels_last="auto", freeze="auto",
+                             half_weights="auto", precompile="auto")
+    # a copy of each network: the compiled runner changes its module's layout when it activates
+    eager_runners = [torch_runner(copy.deepcopy(network), eager_settings, device) for network in model.networks]
+    log.info("predicting with the eager network while the compiled one gets ready (--while-compiling eager)")
+    eager = Predictor(model.folder, eager_runners, eager_settings, model.mirror_axes, device)
+    return EagerUntilCompiled(predictor, eager), None
 
 
 class CaseSteps:
@@ -245,7 +274,10 @@ class CaseSteps:
     def predict(self, case: Case, loaded) -> tuple[Prediction, Geometry, np.ndarray]:
         """The prediction, its geometry and the image (statistics and previews need it when writing)."""
         image, geometry, read_seconds = loaded
-        prediction = self.predictor.predict_image(image, geometry.spacing)
+        if isinstance(self.predictor, EagerUntilCompiled):
+            prediction = self.predictor.predict_image(image, geometry.spacing, case_id=case.case_id)
+        else:
+            prediction = self.predictor.predict_image(image, geometry.spacing)
         prediction.seconds["read"] = read_seconds
         return prediction, geometry, image
 
