@@ -18,8 +18,9 @@ report (``backend.while_compiling``), never silent. At the end the batch waits f
 way (so that inductor's cache and segtrt's precompiled entry are complete for the next run); the wait is
 logged and reported.
 
-Not with ``--cuda-graph``: capturing a graph on one thread while another launches kernels on the same
-device is refused by CUDA; that run waits for its network as before (and the report says so).
+Not with ``--cuda-graph``: in CUDA's global capture mode (torch's default) other threads may not allocate
+or synchronise while a graph is being captured, which the eager cases would do; that run waits for its network as before (and the report says so). Nor with
+``--devices`` / ``--ray`` (each worker starts its own network; a warning says so).
 """
 
 from __future__ import annotations
@@ -27,20 +28,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Protocol
 
 log = logging.getLogger(__name__)
-
-class Activatable(Protocol):
-    """What the handover needs of a predictor (segtrt.predictor.Predictor has it)."""
-
-    def activate(self): ...
-
-    def close(self) -> None: ...
-
-    def startup_seconds(self) -> dict: ...
-
-    def predict_image(self, image, spacing, progress=None): ...
 
 
 class EagerUntilCompiled:
@@ -150,7 +139,7 @@ def handover_reason(settings, backend: str, device) -> str | None:
     if getattr(device, "type", str(device)) != "cuda":
         return "not on CUDA (on the CPU no compile call is made ahead)"
     if settings.cuda_graph:
-        return "--cuda-graph (a graph cannot be captured while another thread launches kernels)"
+        return "--cuda-graph (no allocations on other threads while a graph is captured)"
     if settings.compile in ("aot", "aot-max-autotune"):
         return "--compile aot (packages are loaded in a child process probe)"
     return None

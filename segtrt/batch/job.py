@@ -79,6 +79,9 @@ def run_batch(
     if workers is None:
         runners, backend = create_runners(model, settings, device)
     else:
+        if batch.while_compiling == "eager":
+            log.warning("--while-compiling eager applies to one device; with --devices / --ray each worker's first "
+                        "case waits for its compiled network")
         backend = workers.start(output_dir, outputs)
     runners_ready = time.perf_counter()
     report = BatchReport(
