@@ -29,6 +29,8 @@ import logging
 import threading
 import time
 
+from segtrt.config import AHEAD_OF_TIME
+
 log = logging.getLogger(__name__)
 
 
@@ -140,6 +142,6 @@ def handover_reason(settings, backend: str, device) -> str | None:
         return "not on CUDA (on the CPU no compile call is made ahead)"
     if settings.cuda_graph:
         return "--cuda-graph (no allocations on other threads while a graph is captured)"
-    if settings.compile in ("aot", "aot-max-autotune"):
+    if settings.compile in AHEAD_OF_TIME:
         return "--compile aot (packages are loaded in a child process probe)"
     return None
