@@ -76,7 +76,9 @@ def run_variant(name: str, net, x, reference, iters: int, graph: bool = False, *
     print(f"{name}: first call {first:.2f} s", flush=True)
     row = {"variant": name, "batch": x.shape[0], "first_call_s": round(first, 2),
            "rel_err": rel_err(out, reference), "out_contiguous": out.is_contiguous(), "out_dtype": str(out.dtype),
-           "ms_per_patch": timed(runner.infer, x, iters) / x.shape[0], "describe": runner.describe()}
+           "ms_per_patch": timed(runner.infer, x, iters) / x.shape[0], "describe": runner.describe(),
+           # whether the first call needed torch.compile's machinery (an ahead-of-time package should not)
+           "compiler_imported": {name: name in sys.modules for name in ("torch._dynamo", "torch._inductor.compile_fx")}}
     if graph:  # a CUDA graph over the same runner's forward (input copy, network, output copy)
         try:
             captured = _CapturedGraph(runner._run, x)

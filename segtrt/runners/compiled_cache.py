@@ -12,10 +12,12 @@ Writes are atomic (package first, metadata last, so metadata means "complete and
 the engine cache's helpers; a later process loads the package instead of tracing and compiling again
 (``torch.compile``'s own disk cache still retraces the network in every process).
 
-Before a new package is published it is loaded and run once in a child process: on an H200 with
-torch 2.11.0+cu130 (2026-12-02) loading a freshly compiled package crashed the process (SIGSEGV in
-``AOTIModelPackageLoader``), so a crash must cost the child, not the user's run; it becomes a
-:class:`CompiledCacheError` naming the working alternative (``--compile default``).
+Before a new package is published it is loaded and run once in a child process, so that a package
+this process cannot load costs the child, not the user's run; it becomes a :class:`CompiledCacheError`
+naming the working alternative (``--compile default``). On the H200 image (torch 2.11.0+cu130) every
+package crashed its loader (SIGSEGV) until 2026-12-03: the image's ``CXX`` links the C++ runtime
+statically into the package; segtrt.runners.cxx_toolchain now picks a compiler that does not, and the
+packages load and run there. Packages are loaded with torch's C++ loader (:class:`PackageModule`).
 
 The package computes ``network(x)`` under fp16 autocast when ``precision == "fp16"``, on an input
 of exactly ``shape`` in the layout given by ``channels_last`` (see :func:`to_layout`).
@@ -45,6 +47,7 @@ from segtrt.io.locking import file_lock
 from segtrt.io.writers import atomic_write_bytes
 from segtrt.errors import CompiledCacheError
 from segtrt.io.hashing import file_sha256
+from segtrt.runners import cxx_toolchain
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +68,14 @@ class CompiledNetwork:
     key: str
     warm: bool
     seconds: float
+    cxx: str | None = None  # the C++ compiler that built it (from its metadata)
 
     def describe(self) -> dict:
-        return {"package": str(self.path), "key": self.key[:16], "start": "warm" if self.warm else "cold",
+        info = {"package": str(self.path), "key": self.key[:16], "start": "warm" if self.warm else "cold",
                 "seconds": round(self.seconds, 3)}
+        if self.cxx:
+            info["cxx"] = self.cxx
+        return info
 
 
 def to_layout(batch: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -171,14 +178,18 @@ def get_or_compile(network: torch.nn.Module, shape: Sequence[int], precision: st
     key = cache_key(fields)
     path = Path(root or config.cache_dir() / "compiled") / f"{key}.pt2"
     if not rebuild and (module := _reuse(path, fields, device)) is not None:
-        return CompiledNetwork(module, path, key, True, time.perf_counter() - start)
+        return CompiledNetwork(module, path, key, True, time.perf_counter() - start, _built_with(path))
     with file_lock(path.with_name(path.name + ".lock")):
         if not rebuild and (module := _reuse(path, fields, device)) is not None:
-            return CompiledNetwork(module, path, key, True, time.perf_counter() - start)
+            return CompiledNetwork(module, path, key, True, time.perf_counter() - start, _built_with(path))
         compile_seconds = _compile(network, shape, precision, channels_last, mode, device, path, fields)
         module = _load(path, device)
     log.info("compiled %s ahead of time in %.1f s -> %s", fields["layout"], compile_seconds, path)
-    return CompiledNetwork(module, path, key, False, time.perf_counter() - start)
+    return CompiledNetwork(module, path, key, False, time.perf_counter() - start, _built_with(path))
+
+
+def _built_with(path: Path) -> str | None:
+    return (read_metadata(path) or {}).get("cxx")
 
 
 def read_metadata(path: str | Path) -> dict | None:
@@ -210,8 +221,10 @@ def _reuse(path: Path, fields: dict, device: torch.device) -> Callable | None:
 
 
 def _compile(network, shape, precision, channels_last, mode, device, path: Path, fields: dict) -> float:
-    """Export ``Forward(network)`` on a random example and write its AOTInductor package, atomically."""
+    """Export ``Forward(network)`` on a random example and write its AOTInductor package, atomically,
+    built by the C++ compiler :func:`segtrt.runners.cxx_toolchain.choose` picks (named in the metadata)."""
     start = time.perf_counter()
+    toolchain = cxx_toolchain.choose()
     inductor_cache_dir()
     with torch.inference_mode(False), torch.no_grad():  # callers may be inside inference_mode; export is not
         generator = torch.Generator(device).manual_seed(0)
@@ -222,7 +235,8 @@ def _compile(network, shape, precision, channels_last, mode, device, path: Path,
     try:
         from torch._inductor import aoti_compile_and_package
 
-        aoti_compile_and_package(program, package_path=str(tmp), inductor_configs=dict(INDUCTOR_OPTIONS[mode]))
+        options = {**INDUCTOR_OPTIONS[mode], "cpp.cxx": (None, toolchain.cxx)}
+        aoti_compile_and_package(program, package_path=str(tmp), inductor_configs=options)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         probe(tmp, shape, channels_last, device)
@@ -232,24 +246,44 @@ def _compile(network, shape, precision, channels_last, mode, device, path: Path,
         tmp.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     metadata = {"key": cache_key(fields), "fields": fields, "package_sha256": digest, "package_bytes": size,
-                "compile_seconds": round(seconds, 3),
+                "compile_seconds": round(seconds, 3), **toolchain.describe(),
                 "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     atomic_write_bytes(_metadata_path(path), json.dumps(metadata, indent=2, sort_keys=True).encode())
     return seconds
 
 
-def _load(path: Path, device: torch.device) -> Callable:
-    from torch._inductor import aoti_load_package
+class PackageModule:
+    """A loaded package, called like the network: one batch in, its logits out.
 
-    index = device.index if device.type == "cuda" and device.index is not None else -1
-    return aoti_load_package(str(path), device_index=index)
+    Loaded by torch's C++ package loader (``torch._C._aoti.AOTIModelPackageLoader``, what
+    ``torch._inductor.aoti_load_package`` wraps) so that a warm start imports nothing of torch's
+    compiler: locally (CPU, torch 2.14, 2026-12-03) ``aoti_load_package`` took 3.3 s, importing
+    ``torch._dynamo`` among others, against under 0.01 s for the loader alone; on the H200 image
+    (torch 2.11) it took 60-67 s before the loader was even constructed. The package's single input and
+    output need none of the wrapper's pytree flattening.
+    """
+
+    def __init__(self, path: Path, device: torch.device) -> None:
+        index = device.index if device.type == "cuda" and device.index is not None else -1
+        try:
+            self.loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, index)
+        except (AttributeError, TypeError) as exc:  # older torch: another loader, or none
+            raise CompiledCacheError(f"torch {torch.__version__} has no AOTInductor package loader taking (package, "
+                                     f"model, single-threaded, runners, device) ({exc}); use --compile default") from exc
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.loader.run([batch])[0]
+
+
+def _load(path: Path, device: torch.device) -> Callable:
+    return PackageModule(path, device)
 
 
 _PROBE = """
 import sys, torch
-from torch._inductor import aoti_load_package
 path, shape, channels_last, device = sys.argv[1], eval(sys.argv[2]), sys.argv[3] == "1", torch.device(sys.argv[4])
-model = aoti_load_package(path, device_index=device.index if device.index is not None else -1)
+loader = torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, device.index if device.index is not None else -1)
+model = lambda batch: loader.run([batch])[0]
 x = torch.randn(shape, device=device)
 if channels_last:
     n, c, z, y, w = shape

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,7 @@ import pytest
 import torch
 
 from segtrt.errors import CompiledCacheError
-from segtrt.runners import compiled_cache
+from segtrt.runners import compiled_cache, cxx_toolchain
 from segtrt.runners.torch_runner import TorchRunner
 from tiny_nets import conv_net
 
@@ -86,6 +89,7 @@ def test_ahead_of_time_package_is_compiled_once_then_loaded(tmp_path, monkeypatc
     assert package.is_file() and str(package) == info["compiled"]["package"]
     metadata = json.loads((package.parent / (package.name + ".json")).read_text())
     assert metadata["fields"]["layout"] == "channels_last_3d" and metadata["fields"]["input_shape"] == [2, 2, 8, 8, 8]
+    assert metadata["cxx"] == cxx_toolchain.choose().cxx == info["compiled"]["cxx"]  # who built it is on record
     # fp32 inductor vs eager: another summation order, ~1e-7 of the logits
     np.testing.assert_allclose(cold, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
@@ -95,6 +99,13 @@ def test_ahead_of_time_package_is_compiled_once_then_loaded(tmp_path, monkeypatc
         assert runner.describe()["compiled"]["start"] == "warm"
     np.testing.assert_array_equal(warm, cold)
 
+    # a warm start in a fresh process loads the package without importing torch's compiler
+    child = subprocess.run([sys.executable, "-c", _WARM_CHILD, str(Path(__file__).parent)], capture_output=True,
+                           text=True, timeout=300, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert json.loads(child.stdout.strip().splitlines()[-1]) == {"start": "warm", "torch._dynamo": False,
+                                                                 "torch._inductor.compile_fx": False}
+
     with open(package, "r+b") as handle:  # damage the package: a later load must refuse it, not run it
         handle.seek(100)
         handle.write(b"\0" * 16)
@@ -102,6 +113,21 @@ def test_ahead_of_time_package_is_compiled_once_then_loaded(tmp_path, monkeypatc
         with TorchRunner(net, "cpu", compile_mode="default", batch_size=2, channels_last=True,
                          ahead_of_time=True) as runner:
             runner.infer(x)
+
+
+_WARM_CHILD = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import torch
+from segtrt.runners.torch_runner import TorchRunner
+from tiny_nets import conv_net
+net = conv_net(in_channels=2, seed=0)
+with torch.inference_mode(), TorchRunner(net, "cpu", compile_mode="default", batch_size=2, channels_last=True,
+                                         ahead_of_time=True) as runner:
+    runner.infer(torch.randn(2, 2, 8, 8, 8))
+    start = runner.describe()["compiled"]["start"]
+print(json.dumps({"start": start, **{name: name in sys.modules for name in ("torch._dynamo", "torch._inductor.compile_fx")}}))
+"""
 
 
 def test_probe_turns_a_package_that_cannot_load_into_an_error(tmp_path):
