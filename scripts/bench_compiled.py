@@ -9,7 +9,8 @@ One run, in this order (each later step is skipped once ``--budget-s`` of wall t
    seconds, median ms/patch over CUDA events and max |out - eager fp32| / max |eager fp32|;
 2. fresh processes on the same caches (``--sub``, default ``compile-warm``): seconds from model load to
    the first batch of logits for ``torch.compile`` with inductor's disk cache, and with
-   ``--sub aot-cold aot-warm`` for the ahead-of-time package (compile + probe, then load);
+   ``--sub aot-cold aot-warm`` for the ahead-of-time package (compile + probe, then load; ``aot-half-*``
+   the same for the package of an fp16 weight copy);
 3. unless ``--no-extra``: ResEnc-M (channels-last and NCDHW), batch 8 and batch 2.
 
     python scripts/bench_compiled.py --workload wholebody --batch 4 --out $OUT
@@ -165,6 +166,11 @@ SUBPHASES = {
     "aot-warm": [("aot fp16 cl warm", {"compile_mode": "default", "ahead_of_time": True}, False)],
     "cl": [("compile fp16 cl", {"compile_mode": "default"}, True)],
     "aot-graph": [("aot fp16 cl + cuda graph", {"compile_mode": "default", "ahead_of_time": True}, True)],
+    # the package of an fp16 weight copy (no autocast inside; float16 batches)
+    "aot-half-cold": [("aot fp16 cl half cold", {"compile_mode": "default", "ahead_of_time": True,
+                                                 "half_weights": True}, False)],
+    "aot-half-warm": [("aot fp16 cl half warm", {"compile_mode": "default", "ahead_of_time": True,
+                                                 "half_weights": True}, False)],
     "fp32": [("compile fp32 cl", {"compile_mode": "default", "precision": "fp32"}, False)],
     # the same warm start with inductor compiling in this process (no pool of compile workers started)
     "compile-warm-t1": [("compile fp16 cl warm cache, 1 compile thread", {"compile_mode": "default"}, False)],

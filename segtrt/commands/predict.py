@@ -97,7 +97,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "default / max-autotune on CUDA, unless --half-weights)")
     p.add_argument("--half-weights", default=d.half_weights, choices=tuple(HALF_WEIGHTS),
                    help="torch backend, --precision fp16: run an fp16 copy of the weights instead of autocast "
-                        "(auto: with --compile default / max-autotune on CUDA)")
+                        "(auto: with --compile default / max-autotune on CUDA; with --compile aot only when on)")
     p.add_argument("--precompile", default=d.precompile, choices=tuple(PRECOMPILE),
                    help="torch backend: keep what torch.compile made in segtrt's cache, so later runs load it "
                         "without tracing the network again (auto: with --compile default / max-autotune on CUDA, "

@@ -141,7 +141,7 @@ def network_sha256(network: torch.nn.Module) -> str:
 
 
 def key_fields(network_digest: str, shape: Sequence[int], precision: str, channels_last: bool, mode: str,
-               device: torch.device) -> dict[str, Any]:
+               device: torch.device, input_dtype: str = "float32") -> dict[str, Any]:
     """Everything a compiled package depends on, as a JSON-able dict (the key is its sha256)."""
     if device.type == "cuda":
         target = current_target(device)
@@ -156,7 +156,7 @@ def key_fields(network_digest: str, shape: Sequence[int], precision: str, channe
         triton_version = None
     return {
         "format": FORMAT, "network_sha256": network_digest, "input_shape": [int(s) for s in shape],
-        "input_dtype": "float32", "precision": precision,
+        "input_dtype": input_dtype, "precision": precision,
         "layout": "channels_last_3d" if channels_last else "ncdhw", "inductor_mode": mode,
         "device_type": device.type, **where, "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda, "triton_version": triton_version,
@@ -165,16 +165,20 @@ def key_fields(network_digest: str, shape: Sequence[int], precision: str, channe
 
 def get_or_compile(network: torch.nn.Module, shape: Sequence[int], precision: str, channels_last: bool,
                    mode: str = "default", *, device: torch.device, root: str | Path | None = None,
-                   rebuild: bool = False) -> CompiledNetwork:
+                   rebuild: bool = False, half_weights: bool = False) -> CompiledNetwork:
     """The package for ``network`` on inputs of ``shape``: loaded from the cache, else compiled (locked).
 
     network: on ``device``, in eval mode, its weights in the layout that ``channels_last`` names.
     root: defaults to ``segtrt.config.cache_dir() / "compiled"``. rebuild: compile even when cached.
+    half_weights: ``network`` is an fp16 copy: the package takes float16 batches and runs without autocast.
     """
     if mode not in INDUCTOR_OPTIONS:
         raise CompiledCacheError(f"compile mode must be one of {', '.join(INDUCTOR_OPTIONS)}, got {mode!r}")
     start = time.perf_counter()
-    fields = key_fields(network_sha256(network), shape, precision, channels_last, mode, device)
+    fields = key_fields(network_sha256(network), shape, precision, channels_last, mode, device,
+                        "float16" if half_weights else "float32")
+    if half_weights:  # (absent otherwise: packages compiled before this option keep their keys)
+        fields["weights"] = "fp16 copy"
     key = cache_key(fields)
     path = Path(root or config.cache_dir() / "compiled") / f"{key}.pt2"
     if not rebuild and (module := _reuse(path, fields, device)) is not None:
@@ -182,7 +186,7 @@ def get_or_compile(network: torch.nn.Module, shape: Sequence[int], precision: st
     with file_lock(path.with_name(path.name + ".lock")):
         if not rebuild and (module := _reuse(path, fields, device)) is not None:
             return CompiledNetwork(module, path, key, True, time.perf_counter() - start, _built_with(path))
-        compile_seconds = _compile(network, shape, precision, channels_last, mode, device, path, fields)
+        compile_seconds = _compile(network, shape, precision, channels_last, mode, device, path, fields, half_weights)
         module = _load(path, device)
     log.info("compiled %s ahead of time in %.1f s -> %s", fields["layout"], compile_seconds, path)
     return CompiledNetwork(module, path, key, False, time.perf_counter() - start, _built_with(path))
@@ -220,7 +224,8 @@ def _reuse(path: Path, fields: dict, device: torch.device) -> Callable | None:
     return _load(path, device)
 
 
-def _compile(network, shape, precision, channels_last, mode, device, path: Path, fields: dict) -> float:
+def _compile(network, shape, precision, channels_last, mode, device, path: Path, fields: dict,
+             half_weights: bool = False) -> float:
     """Export ``Forward(network)`` on a random example and write its AOTInductor package, atomically,
     built by the C++ compiler :func:`segtrt.runners.cxx_toolchain.choose` picks (named in the metadata)."""
     start = time.perf_counter()
@@ -228,8 +233,11 @@ def _compile(network, shape, precision, channels_last, mode, device, path: Path,
     inductor_cache_dir()
     with torch.inference_mode(False), torch.no_grad():  # callers may be inside inference_mode; export is not
         generator = torch.Generator(device).manual_seed(0)
-        example = to_layout(torch.randn(tuple(shape), device=device, generator=generator), channels_last)
-        program = torch.export.export(Forward(network, precision).eval(), (example,), strict=False)
+        dtype = torch.float16 if half_weights else torch.float32
+        example = to_layout(torch.randn(tuple(shape), device=device, generator=generator).to(dtype), channels_last)
+        # an fp16 copy of the weights runs as it is; fp32 weights under autocast for fp16
+        forward = Forward(network, "fp32" if half_weights else precision).eval()
+        program = torch.export.export(forward, (example,), strict=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp.pt2")
     try:
@@ -239,7 +247,7 @@ def _compile(network, shape, precision, channels_last, mode, device, path: Path,
         aoti_compile_and_package(program, package_path=str(tmp), inductor_configs=options)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        probe(tmp, shape, channels_last, device)
+        probe(tmp, shape, channels_last, device, dtype)
         digest, size = file_sha256(tmp), tmp.stat().st_size
         os.replace(tmp, path)
     finally:
@@ -284,7 +292,7 @@ import sys, torch
 path, shape, channels_last, device = sys.argv[1], eval(sys.argv[2]), sys.argv[3] == "1", torch.device(sys.argv[4])
 loader = torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, device.index if device.index is not None else -1)
 model = lambda batch: loader.run([batch])[0]
-x = torch.randn(shape, device=device)
+x = torch.randn(shape, device=device).to(getattr(torch, sys.argv[5]))
 if channels_last:
     n, c, z, y, w = shape
     x = x.contiguous(memory_format=torch.channels_last_3d).as_strided(shape, (z * y * w * c, 1, y * w * c, w * c, c))
@@ -298,15 +306,15 @@ assert bool(torch.isfinite(out).all()), "non-finite logits"
 
 
 def probe(path: Path, shape: Sequence[int], channels_last: bool, device: torch.device,
-          timeout_s: float = 600.0) -> None:
+          dtype: torch.dtype = torch.float32, timeout_s: float = 600.0) -> None:
     """Load and run the package at ``path`` once in a child process; CompiledCacheError if that fails.
 
-    The child uses only torch (no segtrt import), a random batch of ``shape`` in the package's layout.
+    The child uses only torch (no segtrt import), a random ``dtype`` batch of ``shape`` in the package's layout.
     """
     index = device.index if device.index is not None else (torch.cuda.current_device() if device.type == "cuda" else None)
     where = device.type if index is None else f"{device.type}:{index}"
     command = [sys.executable, "-c", _PROBE, str(path), repr(tuple(int(s) for s in shape)),
-               "1" if channels_last else "0", where]
+               "1" if channels_last else "0", where, str(dtype).removeprefix("torch.")]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired as exc:

@@ -33,7 +33,8 @@ casts too, but a frozen start is slower: H200, same network, a second process fr
 first logits 11.0 s with the fp16 copy vs 18.4 s frozen (4.18 vs 4.12 ms/patch; 3.93 vs 3.96 as a CUDA
 graph; the same 1.8e-3 error against eager fp32). Convolutions see the same fp16 operands either way;
 inductor keeps the instance norms' reductions in fp32. ``None`` (auto) means on for ``torch.compile``
-in fp16 on CUDA.
+in fp16 on CUDA; an ahead-of-time package gets the copy only when asked (``True``: the package then takes
+float16 batches; not yet timed on a GPU, so the auto choice for packages stays autocast).
 
 ``precompile``: for the ``torch.compile`` path, save what torch.compile made in segtrt's cache and load it in
 later processes instead of tracing the network again (segtrt.runners.precompiled; H200, same network, a second
@@ -129,10 +130,8 @@ class TorchRunner(Runner):
         self.ahead_of_time = ahead_of_time
         if freeze and (compile_mode is None or ahead_of_time):
             raise BackendUnavailableError("--freeze on applies to --compile default / max-autotune (torch.compile)")
-        if half_weights and (precision != "fp16" or ahead_of_time):
-            raise BackendUnavailableError("--half-weights on applies to --precision fp16 without an ahead-of-time "
-                                          f"package, got --precision {precision}"
-                                          f"{' with --compile aot' if ahead_of_time else ''}")
+        if half_weights and precision != "fp16":
+            raise BackendUnavailableError(f"--half-weights on applies to --precision fp16, got --precision {precision}")
         compiling = compile_mode is not None and not ahead_of_time and self.device.type == "cuda"
         if half_weights is None:
             half_weights = compiling and precision == "fp16"
@@ -222,8 +221,9 @@ class TorchRunner(Runner):
         if not self.ahead_of_time:
             raise RuntimeError("prepare() is for the ahead-of-time path")
         if rebuild or self.compiled is None or self.compiled_info["input_shape"] != list(shape):
-            self.compiled = compiled_cache.get_or_compile(self.network, shape, self.precision, self.channels_last,
-                                                          self.compile_mode, device=self.device, rebuild=rebuild)
+            self.compiled = compiled_cache.get_or_compile(self._inference_network(), shape, self.precision,
+                                                          self.channels_last, self.compile_mode, device=self.device,
+                                                          rebuild=rebuild, half_weights=self.half_weights)
             self.compiled_info = {**self.compiled.describe(), "input_shape": list(shape)}
             log.info("ahead-of-time network %s (%s start, %.1f s)", self.compiled.path.name,
                      "warm" if self.compiled.warm else "cold", self.compiled.seconds)

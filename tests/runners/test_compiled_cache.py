@@ -49,6 +49,26 @@ def test_key_fields_cover_shape_precision_layout_mode_and_target():
     assert len(keys) == 6
 
 
+def test_a_half_weight_package_has_its_own_key(tmp_path, monkeypatch):
+    # the fp16 weight copy takes float16 batches: another package than the autocast one, under another key
+    calls = []
+
+    def fake_compile(network, shape, precision, channels_last, mode, device, path, fields, half_weights=False):
+        calls.append((fields, half_weights))
+        raise CompiledCacheError("stop after keying")
+
+    monkeypatch.setattr(compiled_cache, "_compile", fake_compile)
+    for half in (False, True):
+        with pytest.raises(CompiledCacheError, match="stop after keying"):
+            compiled_cache.get_or_compile(_net(), (1, 2, 8, 8, 8), "fp16", True, device=torch.device("cpu"),
+                                          root=tmp_path, half_weights=half)
+    (plain, plain_half), (copy, copy_half) = calls
+    assert (plain_half, copy_half) == (False, True)
+    assert plain["input_dtype"] == "float32" and "weights" not in plain
+    assert copy["input_dtype"] == "float16" and copy["weights"] == "fp16 copy"
+    assert compiled_cache.cache_key(plain) != compiled_cache.cache_key(copy)
+
+
 def test_to_layout_copies_only_when_needed():
     x = torch.randn(2, 3, 4, 5, 6)
     last = compiled_cache.to_layout(x, True)
@@ -142,7 +162,7 @@ def test_a_package_that_fails_its_probe_is_not_published(tmp_path, monkeypatch):
         Path(package_path).write_bytes(b"kernels")
         return package_path
 
-    def failing_probe(path, shape, channels_last, device):
+    def failing_probe(path, shape, channels_last, device, dtype):
         assert Path(path).is_file() and path.name.endswith(".tmp.pt2")  # probed before it is published
         raise CompiledCacheError("crashed")
 

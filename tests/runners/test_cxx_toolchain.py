@@ -93,8 +93,9 @@ def test_candidates_start_with_the_default_and_add_versioned_gxx_newest_first(tm
     assert cxx_toolchain.candidates(str(tools / "g++")) == [str(tools / "g++"), "g++-12", "g++-9"]
 
 
-def test_inductor_default_is_what_inductor_would_run(monkeypatch):
+def test_inductor_default_is_what_inductor_would_run():
     from torch._inductor import config as inductor_config
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "/opt/some/g++"))
-    assert cxx_toolchain.inductor_default() == "/opt/some/g++"
+    with inductor_config.patch({"cpp.cxx": (None, "/opt/some/g++")}):  # (monkeypatch's undo breaks the proxy)
+        assert cxx_toolchain.inductor_default() == "/opt/some/g++"
+    assert cxx_toolchain.inductor_default() == inductor_config.cpp.cxx[-1] != "/opt/some/g++"

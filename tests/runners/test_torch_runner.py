@@ -117,7 +117,7 @@ def test_freeze_is_auto_only_for_torch_compile_on_cuda():
         TorchRunner(_net(), "cpu", compile_mode="default", ahead_of_time=True, freeze=True)
 
 
-def test_half_weights_only_with_fp16_and_not_for_packages():
+def test_half_weights_only_with_fp16_packages_included():
     assert TorchRunner(_net(), "cpu").half_weights is False
     assert TorchRunner(_net(), "cpu", compile_mode="default", batch_size=2).half_weights is False
     with pytest.raises(BackendUnavailableError, match="--half-weights on applies to --precision fp16"):
@@ -208,3 +208,26 @@ def test_cuda_graph_over_compiled_network_replays_its_answer(tmp_path, monkeypat
     torch._dynamo.reset()
     torch.testing.assert_close(replayed[1], compiled_first, rtol=0, atol=0)  # same kernels, same answer
     assert not torch.equal(replayed[0], replayed[1])
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("half_weights", [False, True])
+def test_ahead_of_time_package_fp16_matches_eager_fp32_on_cuda(tmp_path, monkeypatch, half_weights):
+    # the package path on the GPU, with autocast or an fp16 weight copy; same tolerance as the compiled path
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("SEGTRT_CACHE_DIR", str(tmp_path / "segtrt"))
+    net = _unet("plain").cuda()
+    x = torch.randn(2, 1, 32, 32, 32, device="cuda")
+    with torch.inference_mode():
+        expected = net(x).float().cpu().numpy()
+    with TorchRunner(net, "cuda", "fp16", compile_mode="default", batch_size=2, ahead_of_time=True,
+                     half_weights=half_weights) as runner:
+        out = runner.infer(x)
+        described = runner.describe()
+    assert described["path"] == "aot:default" and described["compiled"]["start"] == "cold"
+    assert described["weights"] == ("fp16 copy" if half_weights else "fp32 (autocast)")
+    assert out.is_contiguous() and out.dtype == torch.float16
+    np.testing.assert_allclose(out.float().cpu().numpy(), expected, rtol=0, atol=2e-2 * np.abs(expected).max())
