@@ -19,8 +19,9 @@ package crashed its loader (SIGSEGV) until 2026-12-03: the image's ``CXX`` links
 statically into the package; segtrt.runners.cxx_toolchain now picks a compiler that does not, and the
 packages load and run there. Packages are loaded with torch's C++ loader (:class:`PackageModule`).
 
-The package computes ``network(x)`` under fp16 autocast when ``precision == "fp16"``, on an input
-of exactly ``shape`` in the layout given by ``channels_last`` (see :func:`to_layout`).
+The package computes ``network(x)`` under fp16 autocast when ``precision == "fp16"`` (or, for an fp16
+copy of the weights, ``half_weights``, without autocast on a float16 input), on an input of exactly
+``shape`` in the layout given by ``channels_last`` (see :func:`to_layout`).
 """
 
 from __future__ import annotations
