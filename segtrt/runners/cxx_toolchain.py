@@ -11,8 +11,8 @@ package it built crashed on load (SIGSEGV; native backtrace through ``std::regex
 
 :func:`choose` keeps inductor's own compiler when a shared object it links depends on
 ``libstdc++.so.6`` (the normal case), and otherwise takes the first other compiler on ``PATH`` that
-does, saying so in a warning and in the returned :class:`Choice` (which goes into the package's
-metadata and the run report). The check links a few lines of C++ that use ``std::regex`` and reads the
+does, saying so in a warning and in the returned :class:`Choice` (compiler and reason go into the
+package's metadata; the compiler also into the runner's description, hence the run report). The check links a few lines of C++ that use ``std::regex`` and reads the
 result's ``DT_NEEDED`` entries with binutils' ``readelf`` (installed with every GNU toolchain; the
 check is skipped, and inductor's compiler kept, where it is missing). The package's own load-and-run
 probe in a child process (segtrt.runners.compiled_cache.probe) stays the final check.
