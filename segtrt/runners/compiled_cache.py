@@ -317,7 +317,8 @@ def probe(path: Path, shape: Sequence[int], channels_last: bool, device: torch.d
     command = [sys.executable, "-c", _PROBE, str(path), repr(tuple(int(s) for s in shape)),
                "1" if channels_last else "0", where, str(dtype).removeprefix("torch.")]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+        done = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace",
+                              timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired as exc:
         raise CompiledCacheError(f"loading the compiled network took over {timeout_s:.0f} s in a test process; "
                                  "use --compile default") from exc

@@ -71,7 +71,8 @@ def inductor_default() -> str:
 
 def needed_libraries(shared_object: str, readelf: str = "readelf") -> list[str]:
     """The ``DT_NEEDED`` sonames of an ELF shared object, from ``readelf -d``."""
-    done = subprocess.run([readelf, "-d", shared_object], capture_output=True, text=True, check=True, timeout=60)
+    done = subprocess.run([readelf, "-d", shared_object], capture_output=True, text=True, encoding="utf-8",
+                          errors="replace", check=True, timeout=60)
     return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", done.stdout)
 
 
@@ -83,7 +84,7 @@ def links_cxx_runtime_dynamically(cxx: str, readelf: str = "readelf") -> tuple[b
             handle.write(PROBE_SOURCE)
         try:
             done = subprocess.run([cxx, "-shared", "-fPIC", "-O0", "-std=c++17", source, "-o", target],
-                                  capture_output=True, text=True, timeout=300)
+                                  capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return False, f"could not run it ({type(exc).__name__}: {exc})"
         if done.returncode != 0:

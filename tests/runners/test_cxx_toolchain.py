@@ -59,6 +59,13 @@ def test_a_compiler_that_cannot_link_is_rejected_with_its_error(tmp_path):
     assert not ok and "failed to link a shared object (exit 1: ld: cannot find -lfoo)" in why
 
 
+def test_a_compiler_message_in_any_encoding_is_reported(tmp_path):
+    # compilers print typographic quotes, or bytes of the user's locale; CI runs with an ASCII locale
+    broken = _script(tmp_path, "broken-g++", "printf 'g++: fatal: \\342\\200\\230as\\342\\200\\231 \\377\\n' >&2; exit 1")
+    ok, why = cxx_toolchain.links_cxx_runtime_dynamically(str(broken))
+    assert not ok and "failed to link a shared object (exit 1: g++: fatal: \u2018as\u2019 \ufffd)" in why
+
+
 def test_inductors_compiler_is_kept_when_it_links_dynamically():
     choice = cxx_toolchain.choose(GXX)
     assert choice.cxx == GXX and choice.reason is None and choice.describe() == {"cxx": GXX}
@@ -77,7 +84,8 @@ def test_a_static_default_is_replaced_by_a_dynamic_compiler_and_the_reason_logge
 def test_no_usable_compiler_is_one_clear_error(tmp_path, monkeypatch):
     tools = tmp_path / "bin"
     static = _static(tools, "g++")
-    (tools / "readelf").symlink_to(READELF)
+    for tool in ("readelf", "as", "ld"):  # binutils, which g++ runs from PATH
+        (tools / tool).symlink_to(shutil.which(tool))
     monkeypatch.setenv("PATH", str(tools))  # no c++, clang++ or g++-N here
     with pytest.raises(CompiledCacheError, match=r"no C\+\+ compiler here links the C\+\+ runtime dynamically .*"
                                                  r"use --compile default"):
