@@ -182,19 +182,16 @@ def get_or_compile(network: torch.nn.Module, shape: Sequence[int], precision: st
         fields["weights"] = "fp16 copy"
     key = cache_key(fields)
     path = Path(root or config.cache_dir() / "compiled") / f"{key}.pt2"
-    if not rebuild and (module := _reuse(path, fields, device)) is not None:
-        return CompiledNetwork(module, path, key, True, time.perf_counter() - start, _built_with(path))
+    if not rebuild and (found := _reuse(path, fields, device)) is not None:
+        return CompiledNetwork(found[0], path, key, True, time.perf_counter() - start, found[1].get("cxx"))
     with file_lock(path.with_name(path.name + ".lock")):
-        if not rebuild and (module := _reuse(path, fields, device)) is not None:
-            return CompiledNetwork(module, path, key, True, time.perf_counter() - start, _built_with(path))
-        compile_seconds = _compile(network, shape, precision, channels_last, mode, device, path, fields, half_weights)
+        if not rebuild and (found := _reuse(path, fields, device)) is not None:
+            return CompiledNetwork(found[0], path, key, True, time.perf_counter() - start, found[1].get("cxx"))
+        compile_seconds, cxx = _compile(network, shape, precision, channels_last, mode, device, path, fields,
+                                        half_weights)
         module = _load(path, device)
     log.info("compiled %s ahead of time in %.1f s -> %s", fields["layout"], compile_seconds, path)
-    return CompiledNetwork(module, path, key, False, time.perf_counter() - start, _built_with(path))
-
-
-def _built_with(path: Path) -> str | None:
-    return (read_metadata(path) or {}).get("cxx")
+    return CompiledNetwork(module, path, key, False, time.perf_counter() - start, cxx)
 
 
 def read_metadata(path: str | Path) -> dict | None:
@@ -207,8 +204,9 @@ def _metadata_path(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def _reuse(path: Path, fields: dict, device: torch.device) -> Callable | None:
-    """The loaded package when the entry is complete and matches; None when absent; error when damaged."""
+def _reuse(path: Path, fields: dict, device: torch.device) -> tuple[Callable, dict] | None:
+    """(the loaded package, its metadata) when the entry is complete and matches; None when absent; error
+    when damaged."""
     if not path.exists():
         return None
     metadata = read_metadata(path)
@@ -222,13 +220,14 @@ def _reuse(path: Path, fields: dict, device: torch.device) -> Callable | None:
         raise CompiledCacheError(f"compiled network {path} does not match the checksum in its metadata "
                                  "(changed or truncated); delete it or rebuild it (segtrt build MODEL_FOLDER --rebuild)")
     log.info("loading compiled network %s", path)
-    return _load(path, device)
+    return _load(path, device), metadata
 
 
 def _compile(network, shape, precision, channels_last, mode, device, path: Path, fields: dict,
-             half_weights: bool = False) -> float:
+             half_weights: bool = False) -> tuple[float, str]:
     """Export ``Forward(network)`` on a random example and write its AOTInductor package, atomically,
-    built by the C++ compiler :func:`segtrt.runners.cxx_toolchain.choose` picks (named in the metadata)."""
+    built by the C++ compiler :func:`segtrt.runners.cxx_toolchain.choose` picks (named in the metadata).
+    Returns (seconds, that compiler)."""
     start = time.perf_counter()
     toolchain = cxx_toolchain.choose()
     inductor_cache_dir()
@@ -258,7 +257,7 @@ def _compile(network, shape, precision, channels_last, mode, device, path: Path,
                 "compile_seconds": round(seconds, 3), **toolchain.describe(),
                 "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     atomic_write_bytes(_metadata_path(path), json.dumps(metadata, indent=2, sort_keys=True).encode())
-    return seconds
+    return seconds, toolchain.cxx
 
 
 class PackageModule:
@@ -277,8 +276,9 @@ class PackageModule:
         try:
             self.loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, index)
         except (AttributeError, TypeError) as exc:  # older torch: another loader, or none
-            raise CompiledCacheError(f"torch {torch.__version__} has no AOTInductor package loader taking (package, "
-                                     f"model, single-threaded, runners, device) ({exc}); use --compile default") from exc
+            raise CompiledCacheError(f"--compile aot: torch {torch.__version__} cannot load AOTInductor packages the "
+                                     f"way segtrt does (its package loader differs: {exc}); update torch or use "
+                                     "--compile default") from exc
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         return self.loader.run([batch])[0]
