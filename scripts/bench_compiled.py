@@ -10,7 +10,7 @@ One run, in this order (each later step is skipped once ``--budget-s`` of wall t
 2. fresh processes on the same caches (``--sub``, default ``compile-warm``): seconds from model load to
    the first batch of logits for ``torch.compile`` with inductor's disk cache, and with
    ``--sub aot-cold aot-warm`` for the ahead-of-time package (compile + probe, then load; ``aot-half-*``
-   the same for the package of an fp16 weight copy);
+   the same for the package of an fp16 weight copy; ``aot-fp32-*`` fp32 packages, channels-last and NCDHW);
 3. unless ``--no-extra``: ResEnc-M (channels-last and NCDHW), batch 8 and batch 2.
 
     python scripts/bench_compiled.py --workload wholebody --batch 4 --out $OUT
@@ -104,6 +104,7 @@ def cold_phase(args) -> list[dict]:
         reference = net(x).float()
     torch.save({"x": x.cpu(), "reference": reference.cpu()}, REFERENCE)
     plan = [
+        ("eager fp32 ncdhw", {"precision": "fp32"}, False),
         ("eager fp16 ncdhw", {"precision": "fp16"}, False),
         ("compile fp16 ncdhw", {"precision": "fp16", "compile_mode": "default", "channels_last": False,
                                 "freeze": False, "half_weights": False}, False),
@@ -172,6 +173,15 @@ SUBPHASES = {
     "aot-half-warm": [("aot fp16 cl half warm", {"compile_mode": "default", "ahead_of_time": True,
                                                  "half_weights": True}, False)],
     "fp32": [("compile fp32 cl", {"compile_mode": "default", "precision": "fp32"}, False)],
+    # fp32 packages (segtrt predict's default precision), in channels-last and in NCDHW
+    "aot-fp32-cold": [("aot fp32 cl cold", {"compile_mode": "default", "ahead_of_time": True, "precision": "fp32"},
+                       False)],
+    "aot-fp32-warm": [("aot fp32 cl warm", {"compile_mode": "default", "ahead_of_time": True, "precision": "fp32"},
+                       False)],
+    "aot-fp32-ncdhw-cold": [("aot fp32 ncdhw cold", {"compile_mode": "default", "ahead_of_time": True,
+                                                     "precision": "fp32", "channels_last": False}, False)],
+    "aot-fp32-ncdhw-warm": [("aot fp32 ncdhw warm", {"compile_mode": "default", "ahead_of_time": True,
+                                                     "precision": "fp32", "channels_last": False}, False)],
     # the same warm start with inductor compiling in this process (no pool of compile workers started)
     "compile-warm-t1": [("compile fp16 cl warm cache, 1 compile thread", {"compile_mode": "default"}, False)],
 }

@@ -147,6 +147,16 @@ def segtrt_run(cases: Path, out: Path, model: Path, tta: bool, device: str, extr
     return result
 
 
+def build_run(model: Path, device: str, extra: list[str], cache: Path, log: Path) -> dict:
+    """``segtrt build MODEL`` into the benchmark's cache: wall seconds, exit code, what it printed per fold."""
+    env = {**os.environ, "SEGTRT_CACHE_DIR": str(cache), "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor")}
+    command = [sys.executable, "-m", "segtrt.cli", "build", str(model), "--device", device, *extra]
+    result = timed(command, env, log)
+    result.pop("_sampler", None)
+    result["folds"] = [line for line in log.read_text().splitlines() if line.startswith("fold ")]
+    return result
+
+
 def phases(result: dict, report: dict, predicts: list[tuple[float, float]]) -> dict:
     """Where a run's wall time went: process start to the job (interpreter, imports), the job's start to
     the first case's prediction (discovery, model load, runner activation; reads overlap it), the first
@@ -202,6 +212,10 @@ def main() -> int:
     p.add_argument("--cache", type=Path, default=None, help="segtrt cache folder (default: OUT/cache, empty)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--threads", type=int, default=8, help="threads writing the synthetic CTs")
+    p.add_argument("--build", action="append", default=[], metavar="ARGS",
+                   help="run `segtrt build MODEL ARGS` (timed) after the cold run, before the warm one: the "
+                        "packages that segtrt predict's default --compile auto loads (e.g. --build='--precision fp16'; "
+                        "repeatable)")
     p.add_argument("--variant", action="append", default=[], metavar="'NAME|ENV=V ...|ARGS'",
                    help="an extra warm segtrt run with these environment variables and extra options (repeatable)")
     args = p.parse_args()
@@ -242,6 +256,11 @@ def main() -> int:
             shutil.rmtree(cache, ignore_errors=True)
             record("segtrt cold", segtrt_run(cases, args.out / f"segtrt_cold_{tag}", model, tta, args.device,
                                              extra, cache, args.out / f"segtrt_cold_{tag}.log"))
+        if args.build and "builds" not in results:  # once: the packages stay in the cache
+            results["builds"] = [build_run(model, args.device, shlex.split(more), cache, args.out / f"build_{i}.log")
+                                 for i, more in enumerate(args.build)]
+            for built in results["builds"]:
+                print(f"segtrt build: {built['wall_s']} s (exit {built['exit_code']})", flush=True)
         record("segtrt warm", segtrt_run(cases, args.out / f"segtrt_warm_{tag}", model, tta, args.device,
                                          extra, cache, args.out / f"segtrt_warm_{tag}.log"))
         for variant in args.variant:
@@ -257,6 +276,9 @@ def main() -> int:
 def print_table(results: dict) -> None:
     print(f"\n{results['gpu'] or results['device']}, {results['cases']} x {results['workload']}, "
           f"{results['date']}, segtrt {results['segtrt_args']!r}")
+    for built in results.get("builds", []):
+        print(f"{built['command'].split(' build ')[-1]}: {built['wall_s']} s, exit {built['exit_code']}: "
+              + "; ".join(built["folds"]))
     print("| tool | TTA | wall s | s/case | vs nnU-Net | GPU busy % (all / after 1st / device loop) | read s | write s "
           "| waited read/write s | agreement min | Dice min | exit |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -281,7 +303,8 @@ def print_table(results: dict) -> None:
         print(f"| {r['tool']} | {'on' if r['tta'] else 'off'} | {ph['process_to_job_s']} | "
               f"{ph['job_to_first_predict_s']} | {ph['first_predict_s']} | {ph['device_loop_s']} "
               f"({ph['device_loop_s_per_case']}) | {ph['tail_writes_s']} | {ph['exit_s']} | "
-              f"{runner.get('activate_seconds', '')} {runner.get('first_call_seconds', '')} {start} |"
+              f"{runner.get('path', '')} {runner.get('activate_seconds', '')} {runner.get('first_call_seconds', '')} "
+              f"{start} |"
               f"{_while_compiling(r.get('while_compiling'))} |")
 
 

@@ -7,6 +7,7 @@ reason; nothing falls back silently. The returned ``choice`` dict goes into the 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from segtrt.config import (AHEAD_OF_TIME, BACKENDS, CHANNELS_LAST, COMPILE_MODES, FREEZE, HALF_WEIGHTS, PRECOMPILE,
                            PredictSettings, default_of)
 from segtrt.errors import BackendUnavailableError
+from segtrt.runners import compile_choice
 from segtrt.runners.base import Runner
 from segtrt.runners.torch_runner import TorchRunner
 
@@ -31,22 +33,42 @@ def create_runners(model, settings: PredictSettings, device: torch.device) -> tu
     if backend == "auto":
         backend, reason = choose_backend(device)
         log.info("backend auto -> %s (%s)", backend, reason)
-    if backend != "torch" and (settings.compile != "off" or settings.cuda_graph or settings.channels_last != "auto"
-                               or settings.freeze != "auto" or settings.half_weights != "auto"
-                               or settings.precompile != "auto"):
+    if backend != "torch" and (settings.compile not in ("auto", "off") or settings.cuda_graph
+                               or settings.channels_last != "auto" or settings.freeze != "auto"
+                               or settings.half_weights != "auto" or settings.precompile != "auto"):
         raise BackendUnavailableError(f"--compile, --cuda-graph, --channels-last, --freeze, --half-weights and "
                                       f"--precompile apply to the torch backend, not {backend}")
+    choice = None
     if backend == "torch":
-        runners = [torch_runner(net, settings, device) for net in model.networks]
+        folder = model.folder
+        shape = (settings.batch_size, folder.num_input_channels, *folder.configuration["patch_size"])
+        choice = compile_choice.choose(model.networks, folder.folds, shape, settings, device)
+        if choice.requested != choice.chosen:
+            log.info("--compile %s -> %s (%s)", choice.requested, choice.chosen, choice.reason)
+        chosen = replace(settings, compile=choice.chosen)
+        runners = [torch_runner(net, chosen, device) for net in model.networks]
     elif backend == "onnxruntime":
         runners = _onnxruntime_runners(model, settings, device)
     else:
         runners = _tensorrt_runners(model, settings, device)
-    return runners, {"backend": backend, "reason": reason, "runner": runners[0].describe()}
+    entry = {"backend": backend, "reason": reason, "runner": runners[0].describe()}
+    if choice is not None:
+        entry["compile"] = choice.describe()
+    return runners, entry
+
+
+def compile_used(settings: PredictSettings, backend: dict) -> PredictSettings:
+    """``settings`` with the ``--compile`` value its runners were made with (``auto`` resolved; see
+    :func:`create_runners`'s ``compile`` entry)."""
+    chosen = backend.get("compile", {}).get("chosen")
+    return settings if chosen in (None, settings.compile) else replace(settings, compile=chosen)
 
 
 def torch_runner(network: torch.nn.Module, settings: PredictSettings, device: torch.device) -> TorchRunner:
-    """The torch runner for one fold's network as ``settings`` (compile, CUDA graph, layout) ask."""
+    """The torch runner for one fold's network as ``settings`` (compile, CUDA graph, layout) ask; ``--compile
+    auto`` must have been resolved (segtrt.runners.compile_choice, as :func:`create_runners` does)."""
+    if settings.compile == compile_choice.AUTO:
+        raise ValueError("torch_runner needs --compile auto resolved first (segtrt.runners.compile_choice)")
     if settings.compile not in COMPILE_MODES:
         raise BackendUnavailableError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {settings.compile!r}")
     if settings.channels_last not in CHANNELS_LAST:

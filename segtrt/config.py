@@ -23,6 +23,8 @@ COMPILE_MODES = {"off": None, "default": "default", "max-autotune": "max-autotun
                  "aot": "default", "aot-max-autotune": "max-autotune-no-cudagraphs"}
 #: --compile values that load (or compile once) an AOTInductor package from segtrt's cache.
 AHEAD_OF_TIME = ("aot", "aot-max-autotune")
+#: every --compile value: ``auto`` picks ``aot`` or ``off`` per run (segtrt.runners.compile_choice)
+COMPILE_CHOICES = ("auto", *COMPILE_MODES)
 #: --while-compiling values (segtrt.batch.handover)
 WHILE_COMPILING = ("eager", "wait")
 #: --channels-last values -> TorchRunner(channels_last=...) (None = on when compiling on CUDA).
@@ -63,8 +65,10 @@ class PredictSettings:
     batch_size: patches per forward pass (mirror flips are batched on top when they fit), >= 1.
     precision: network precision; ``fp16`` is autocast (torch) or an fp16 graph (ONNX/TensorRT).
     accumulate_dtype: dtype of the logit/weight accumulators on the device (``float32``/``float16``).
-    compile: torch backend only: ``off``, ``default`` or ``max-autotune`` (torch.compile, kernels cached
-        on disk; the first run on a machine compiles).
+    compile: torch backend only: ``auto`` (default: on CUDA the ahead-of-time packages when segtrt's cache
+        has them for this run, else eager; segtrt.runners.compile_choice), ``off``, ``default`` or
+        ``max-autotune`` (torch.compile, kernels cached on disk; the first run on a machine compiles), ``aot``
+        or ``aot-max-autotune`` (packages, compiled once when missing).
     cuda_graph: torch backend only: replay the network from CUDA graphs (one capture per batch shape; with
         ``compile``, the compiled network's kernels, captured after its first call).
     stream: ``auto``, ``on`` or ``off``: z-streamed aggregation, a patch-tall slab of accumulators on
@@ -101,7 +105,7 @@ class PredictSettings:
     configuration: str | None = None
     checkpoint_name: str = "checkpoint_final.pth"
     trust_checkpoint: bool = False
-    compile: str = "off"
+    compile: str = "auto"
     cuda_graph: bool = False
     stream: str = "auto"
     overlap_io: bool = True
@@ -118,7 +122,7 @@ class PredictSettings:
         _check_choice("precision", self.precision, "--precision", PRECISIONS)
         _check_choice("accumulate_dtype", self.accumulate_dtype, "--accumulate", ACCUMULATE_DTYPES)
         _check_choice("backend", self.backend, "--backend", BACKENDS)
-        _check_choice("compile", self.compile, "--compile", tuple(COMPILE_MODES))
+        _check_choice("compile", self.compile, "--compile", COMPILE_CHOICES)
         _check_choice("stream", self.stream, "--stream", STREAM_MODES)
         _check_choice("nonfinite", self.nonfinite, "--nonfinite", NONFINITE_POLICIES)
         _check_choice("channels_last", self.channels_last, "--channels-last", tuple(CHANNELS_LAST))

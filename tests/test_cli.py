@@ -44,6 +44,9 @@ def test_predict_writes_labels_with_input_geometry(tmp_path, capsys):
     report = json.loads((tmp_path / "out" / "segtrt_report.json").read_text())
     assert report["failed"] == 0 and report["backend"]["backend"] == "torch"
     assert report["device"]["device"] == "cpu"
+    # the default --compile auto, decided and said (eager on the CPU)
+    assert report["settings"]["compile"] == "auto" and report["backend"]["runner"]["path"] == "eager"
+    assert report["backend"]["compile"]["chosen"] == "off" and "auto on cpu" in report["backend"]["compile"]["reason"]
     assert "example_ct" in capsys.readouterr().out
 
 

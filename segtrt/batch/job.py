@@ -17,7 +17,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from segtrt.backends import create_runners, torch_runner
+from segtrt.backends import compile_used, create_runners, torch_runner
 from segtrt.batch.discovery import Discovery, ModelInputs, discover
 from segtrt.batch.handover import EagerUntilCompiled, handover_reason
 from segtrt.batch.manifest import Manifest, fingerprint, remove_temporary_files, settings_key
@@ -104,7 +104,8 @@ def run_batch(
     writer = CaseWriter(output_dir, outputs, model)
     try:
         if workers is None:
-            _run_cases(report, to_run, manifest, model, runners, settings, batch, device, listener, writer)
+            _run_cases(report, to_run, manifest, model, runners, compile_used(settings, backend), batch, device,
+                       listener, writer)
         else:
             workers.run_cases(report, to_run, manifest, batch, listener, writer)
     finally:

@@ -1,7 +1,9 @@
 """``segtrt build MODEL_FOLDER``: compile a model's torch networks ahead of a prediction run.
 
-``--compile aot`` writes one AOTInductor package per fold into segtrt's cache
-(segtrt.runners.compiled_cache); ``--compile default`` (the default) or ``max-autotune`` runs one batch through
+``--compile aot`` (the default) writes one AOTInductor package per fold into segtrt's cache
+(segtrt.runners.compiled_cache), which ``segtrt predict``'s default ``--compile auto`` then loads on this GPU
+for the same ``--precision``, ``--batch-size``, ``--channels-last`` and ``--half-weights``;
+``--compile default`` or ``max-autotune`` runs one batch through
 ``torch.compile`` so that inductor's disk cache holds the kernels and, where the runner precompiles
 (segtrt.runners.precompiled), segtrt's cache the compiled module. Either way a later
 ``segtrt predict`` with the same model, ``--precision``, ``--batch-size``, ``--compile`` and
@@ -12,18 +14,21 @@ from __future__ import annotations
 
 import argparse
 
-from segtrt.config import AHEAD_OF_TIME, CHANNELS_LAST, COMPILE_MODES, PRECISIONS, PredictSettings
+from segtrt.config import AHEAD_OF_TIME, CHANNELS_LAST, COMPILE_MODES, HALF_WEIGHTS, PRECISIONS, PredictSettings
 from segtrt.errors import SegtrtError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("torch networks (when the source is an nnU-Net model folder)")
-    group.add_argument("--compile", default="default", choices=[m for m in COMPILE_MODES if m != "off"],
-                       help="aot / aot-max-autotune: AOTInductor packages in segtrt's cache; default / max-autotune: "
-                            "fill torch.compile's disk cache (the default: default)")
+    group.add_argument("--compile", default="aot", choices=[m for m in COMPILE_MODES if m != "off"],
+                       help="aot / aot-max-autotune: AOTInductor packages in segtrt's cache (aot: what segtrt predict "
+                            "--compile auto loads); default / max-autotune: fill torch.compile's disk cache "
+                            "(default: %(default)s)")
     group.add_argument("--precision", default="fp32", choices=PRECISIONS, help="as segtrt predict will use it")
     group.add_argument("--batch-size", type=int, default=4, help="as segtrt predict will use it")
-    group.add_argument("--channels-last", default="auto", choices=tuple(CHANNELS_LAST))
+    group.add_argument("--channels-last", default="auto", choices=tuple(CHANNELS_LAST), help="as segtrt predict will use it")
+    group.add_argument("--half-weights", default="auto", choices=tuple(HALF_WEIGHTS),
+                       help="as segtrt predict will use it (auto: an fp16 weight copy for --precision fp16)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--folds", nargs="+", help="folds to compile (default: all in the folder)")
     group.add_argument("--configuration", help="configuration of plans.json (default: the checkpoint's)")
@@ -43,7 +48,8 @@ def run_model_folder(args: argparse.Namespace) -> int:
         raise SegtrtError(f"--batch-size must be at least 1, got {args.batch_size}")
     device, _ = resolve_device(args.device)
     settings = PredictSettings(device=args.device, batch_size=args.batch_size, precision=args.precision,
-                               compile=args.compile, channels_last=args.channels_last)
+                               compile=args.compile, channels_last=args.channels_last,
+                               half_weights=args.half_weights)
     model = load_model(args.onnx, configuration=args.configuration, folds=args.folds,
                        trust=args.trust_checkpoint, device=device)
     folder = model.folder

@@ -16,7 +16,7 @@ from segtrt.config import (
     ACCUMULATE_DTYPES,
     BACKENDS,
     CHANNELS_LAST,
-    COMPILE_MODES,
+    COMPILE_CHOICES,
     FREEZE,
     HALF_WEIGHTS,
     PRECOMPILE,
@@ -84,9 +84,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", default=d.stream, choices=STREAM_MODES,
                    help="z-streamed aggregation: only a patch-tall slab of logits stays on the device and finished "
                         "slices go to host memory as float16 (auto: on CUDA when whole-volume accumulators exceed 4 GiB)")
-    p.add_argument("--compile", default=d.compile, choices=tuple(COMPILE_MODES),
-                   help="torch backend: compile the network (kernels cached on disk; the first run compiles) "
-                        "(default: %(default)s)")
+    p.add_argument("--compile", default=d.compile, choices=COMPILE_CHOICES,
+                   help="torch backend: auto = on CUDA the compiled packages `segtrt build MODEL_DIR` made, when "
+                        "segtrt's cache has them for these settings, else eager; aot = those packages, compiled "
+                        "now when missing (~90 s a fold); default / max-autotune = torch.compile (kernels cached on "
+                        "disk); off = eager (default: %(default)s)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="torch backend: replay the network from CUDA graphs (with --compile: the compiled "
                         "network's kernels, captured after its first call)")
@@ -188,7 +190,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[PredictSettings, Batch
 
 
 def run(args: argparse.Namespace) -> int:
-    if (args.compile != "off" and args.backend in ("auto", "torch") and args.devices is None and args.ray is None
+    if (args.compile not in ("off", "auto") and args.backend in ("auto", "torch") and args.devices is None and args.ray is None
             and os.environ.get("SEGTRT_IMPORT_PREFETCH") == "1"):  # opt-in: measured slower (import_prefetch)
         from segtrt.runners import import_prefetch  # the compile machinery, while the model and images load
 

@@ -121,11 +121,12 @@ class Forward(torch.nn.Module):
         return self.network(x)
 
 
-def network_sha256(network: torch.nn.Module) -> str:
+def network_sha256(network: torch.nn.Module, as_half: bool = False) -> str:
     """sha256 over the network's class, its module tree (repr) and every distinct state-dict tensor.
 
     Tensors are hashed in NCDHW order whatever their memory layout; aliased entries (one tensor under
     two names, as dynamic-network-architectures has) are hashed once, under their first name.
+    as_half: the digest of ``network.half()`` (floating-point tensors cast to float16), without the copy.
     """
     digest = hashlib.sha256()
     digest.update(f"{type(network).__module__}.{type(network).__qualname__}\0{network!r}\0".encode())
@@ -135,6 +136,8 @@ def network_sha256(network: torch.nn.Module) -> str:
         if identity in seen:
             continue
         seen.add(identity)
+        if as_half and tensor.is_floating_point():
+            tensor = tensor.half()
         data = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
         digest.update(f"\0{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
         digest.update(data.tobytes())
@@ -176,12 +179,8 @@ def get_or_compile(network: torch.nn.Module, shape: Sequence[int], precision: st
     if mode not in INDUCTOR_OPTIONS:
         raise CompiledCacheError(f"compile mode must be one of {', '.join(INDUCTOR_OPTIONS)}, got {mode!r}")
     start = time.perf_counter()
-    fields = key_fields(network_sha256(network), shape, precision, channels_last, mode, device,
-                        "float16" if half_weights else "float32")
-    if half_weights:  # (absent otherwise: packages compiled before this option keep their keys)
-        fields["weights"] = "fp16 copy"
-    key = cache_key(fields)
-    path = Path(root or config.cache_dir() / "compiled") / f"{key}.pt2"
+    fields, key, path = _entry(network_sha256(network), shape, precision, channels_last, mode, device, root,
+                               half_weights)
     if not rebuild and (found := _reuse(path, fields, device)) is not None:
         return CompiledNetwork(found[0], path, key, True, time.perf_counter() - start, found[1].get("cxx"))
     with file_lock(path.with_name(path.name + ".lock")):
@@ -192,6 +191,30 @@ def get_or_compile(network: torch.nn.Module, shape: Sequence[int], precision: st
         module = _load(path, device)
     log.info("compiled %s ahead of time in %.1f s -> %s", fields["layout"], compile_seconds, path)
     return CompiledNetwork(module, path, key, False, time.perf_counter() - start, cxx)
+
+
+def find(network: torch.nn.Module, shape: Sequence[int], precision: str, channels_last: bool,
+         mode: str = "default", *, device: torch.device, root: str | Path | None = None,
+         half_weights: bool = False) -> Path | None:
+    """The cached package :func:`get_or_compile` would load for these arguments, or None; loads nothing.
+
+    network: the fp32 network as loaded (any layout); with ``half_weights`` the package of its fp16 copy is
+    looked up. A package counts once its metadata exists (written last, after the probe passed).
+    """
+    _, _, path = _entry(network_sha256(network, as_half=half_weights), shape, precision, channels_last, mode,
+                        device, root, half_weights)
+    return path if path.is_file() and _metadata_path(path).is_file() else None
+
+
+def _entry(network_digest: str, shape, precision: str, channels_last: bool, mode: str, device: torch.device,
+           root, half_weights: bool) -> tuple[dict, str, Path]:
+    """(key fields, key, package path) of one cache entry."""
+    fields = key_fields(network_digest, shape, precision, channels_last, mode, device,
+                        "float16" if half_weights else "float32")
+    if half_weights:  # (absent otherwise: packages compiled before this option keep their keys)
+        fields["weights"] = "fp16 copy"
+    key = cache_key(fields)
+    return fields, key, Path(root or config.cache_dir() / "compiled") / f"{key}.pt2"
 
 
 def read_metadata(path: str | Path) -> dict | None:

@@ -193,5 +193,5 @@ def test_a_compiled_batch_that_is_not_paired_says_why_it_waits(caplog):
     pair, entry = job._with_eager_start("the predictor", None, settings, BatchSettings(), {"backend": "torch"},
                                         torch.device("cuda"))
     assert pair == "the predictor" and entry == {"mode": "wait", "reason": "--while-compiling wait"}
-    assert job._with_eager_start("p", None, PredictSettings(), eager, {"backend": "torch"},
+    assert job._with_eager_start("p", None, PredictSettings(compile="off"), eager, {"backend": "torch"},
                                  torch.device("cuda")) == ("p", None)

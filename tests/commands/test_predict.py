@@ -34,7 +34,9 @@ def test_precompile_option_reaches_the_torch_runner(given, expected):
 
 def test_precompile_is_refused_where_it_cannot_apply():
     with pytest.raises(BackendUnavailableError, match="--precompile on applies to"):
-        torch_runner(_net(), _settings("--precompile", "on"), torch.device("cpu"))  # nothing is compiled
+        torch_runner(_net(), _settings("--compile", "off", "--precompile", "on"), torch.device("cpu"))  # nothing compiled
+    with pytest.raises(ValueError, match="auto resolved first"):  # create_runners resolves it (compile_choice)
+        torch_runner(_net(), _settings("--precompile", "on"), torch.device("cpu"))
     with pytest.raises(SystemExit):
         _settings("--precompile", "sometimes")
     with pytest.raises(SettingsError, match="--precompile"):
