@@ -190,8 +190,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[PredictSettings, Batch
 
 
 def run(args: argparse.Namespace) -> int:
-    if (args.compile not in ("off", "auto") and args.backend in ("auto", "torch") and args.devices is None and args.ray is None
-            and os.environ.get("SEGTRT_IMPORT_PREFETCH") == "1"):  # opt-in: measured slower (import_prefetch)
+    if (args.compile not in ("off", "auto") and args.backend in ("auto", "torch") and args.devices is None
+            and args.ray is None and os.environ.get("SEGTRT_IMPORT_PREFETCH") == "1"):  # opt-in: measured slower (import_prefetch)
         from segtrt.runners import import_prefetch  # the compile machinery, while the model and images load
 
         import_prefetch.start(cuda=args.device != "cpu")

@@ -12,7 +12,6 @@ The choice is logged and goes into the run report (``backend.compile``); nothing
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -20,8 +19,6 @@ import torch
 
 from segtrt.config import CHANNELS_LAST, HALF_WEIGHTS, PredictSettings, cache_dir
 from segtrt.runners import compiled_cache
-
-log = logging.getLogger(__name__)
 
 AUTO = "auto"
 #: the inductor mode of the packages ``auto`` looks for (``segtrt build``'s default)
