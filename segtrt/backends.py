@@ -46,7 +46,8 @@ def create_runners(model, settings: PredictSettings, device: torch.device) -> tu
         if choice.requested != choice.chosen:
             log.info("--compile %s -> %s (%s)", choice.requested, choice.chosen, choice.reason)
         chosen = replace(settings, compile=choice.chosen)
-        runners = [torch_runner(net, chosen, device) for net in model.networks]
+        digests = choice.digests or (None,) * len(model.networks)
+        runners = [torch_runner(net, chosen, device, digest) for net, digest in zip(model.networks, digests)]
     elif backend == "onnxruntime":
         runners = _onnxruntime_runners(model, settings, device)
     else:
@@ -64,9 +65,11 @@ def compile_used(settings: PredictSettings, backend: dict) -> PredictSettings:
     return settings if chosen in (None, settings.compile) else replace(settings, compile=chosen)
 
 
-def torch_runner(network: torch.nn.Module, settings: PredictSettings, device: torch.device) -> TorchRunner:
+def torch_runner(network: torch.nn.Module, settings: PredictSettings, device: torch.device,
+                 network_digest: str | None = None) -> TorchRunner:
     """The torch runner for one fold's network as ``settings`` (compile, CUDA graph, layout) ask; ``--compile
-    auto`` must have been resolved (segtrt.runners.compile_choice, as :func:`create_runners` does)."""
+    auto`` must have been resolved (segtrt.runners.compile_choice, as :func:`create_runners` does, passing
+    the package's weights digest it computed)."""
     if settings.compile == compile_choice.AUTO:
         raise ValueError("torch_runner needs --compile auto resolved first (segtrt.runners.compile_choice)")
     if settings.compile not in COMPILE_MODES:
@@ -79,7 +82,7 @@ def torch_runner(network: torch.nn.Module, settings: PredictSettings, device: to
                        channels_last=CHANNELS_LAST[settings.channels_last],
                        ahead_of_time=settings.compile in AHEAD_OF_TIME, freeze=FREEZE[settings.freeze],
                        half_weights=HALF_WEIGHTS[settings.half_weights],
-                       precompile=PRECOMPILE[settings.precompile])
+                       precompile=PRECOMPILE[settings.precompile], network_digest=network_digest)
 
 
 def choose_backend(device: torch.device) -> tuple[str, str]:

@@ -27,11 +27,13 @@ MODE = "default"
 
 @dataclass(frozen=True)
 class CompileChoice:
-    """requested: the ``--compile`` value given; chosen: the one the runners use; reason: why, in one line."""
+    """requested: the ``--compile`` value given; chosen: the one the runners use; reason: why, in one line;
+    digests: when ``aot`` was chosen, each fold's weights digest, so that loading does not hash them again."""
 
     requested: str
     chosen: str
     reason: str
+    digests: tuple[str, ...] = ()
 
     def describe(self) -> dict:
         return {"requested": self.requested, "chosen": self.chosen, "reason": self.reason}
@@ -61,15 +63,15 @@ def choose(networks: Sequence[torch.nn.Module], folds: Sequence, input_shape: Se
     if half_weights and settings.precision != "fp16":
         return CompileChoice(requested, "off", "auto with --half-weights on needs --precision fp16")
     shape = tuple(int(s) for s in input_shape)
-    missing = [str(fold) for fold, network in zip(folds, networks)
-               if compiled_cache.find(network, shape, settings.precision, layout, MODE, device=device,
-                                      half_weights=half_weights) is None]
+    found = [compiled_cache.find(network, shape, settings.precision, layout, MODE, device=device,
+                                 half_weights=half_weights) for network in networks]
+    missing = [str(fold) for fold, (path, _) in zip(folds, found) if path is None]
     what = (f"batch {shape[0]}, patch {'x'.join(map(str, shape[2:]))}, {settings.precision}"
             f"{' (fp16 weights)' if half_weights else ''}, {'channels-last' if layout else 'NCDHW'}, "
             f"{torch.cuda.get_device_name(device)}")
     if not missing:
         return CompileChoice(requested, "aot", f"auto: compiled packages for every fold ({what}) are in "
-                                               f"{cache_dir() / 'compiled'}")
+                                               f"{cache_dir() / 'compiled'}", tuple(digest for _, digest in found))
     hint = (f"segtrt build MODEL_DIR --compile aot --precision {settings.precision} --batch-size {shape[0]}"
             + ("" if settings.channels_last == "auto" else f" --channels-last {settings.channels_last}")
             + ("" if settings.half_weights == "auto" else f" --half-weights {settings.half_weights}"))

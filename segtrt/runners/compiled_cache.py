@@ -169,18 +169,20 @@ def key_fields(network_digest: str, shape: Sequence[int], precision: str, channe
 
 def get_or_compile(network: torch.nn.Module, shape: Sequence[int], precision: str, channels_last: bool,
                    mode: str = "default", *, device: torch.device, root: str | Path | None = None,
-                   rebuild: bool = False, half_weights: bool = False) -> CompiledNetwork:
+                   rebuild: bool = False, half_weights: bool = False,
+                   network_digest: str | None = None) -> CompiledNetwork:
     """The package for ``network`` on inputs of ``shape``: loaded from the cache, else compiled (locked).
 
     network: on ``device``, in eval mode, its weights in the layout that ``channels_last`` names.
     root: defaults to ``segtrt.config.cache_dir() / "compiled"``. rebuild: compile even when cached.
     half_weights: ``network`` is an fp16 copy: the package takes float16 batches and runs without autocast.
+    network_digest: ``network_sha256(network)`` when the caller has it already (as :func:`find` returned it).
     """
     if mode not in INDUCTOR_OPTIONS:
         raise CompiledCacheError(f"compile mode must be one of {', '.join(INDUCTOR_OPTIONS)}, got {mode!r}")
     start = time.perf_counter()
-    fields, key, path = _entry(network_sha256(network), shape, precision, channels_last, mode, device, root,
-                               half_weights)
+    fields, key, path = _entry(network_digest or network_sha256(network), shape, precision, channels_last, mode,
+                               device, root, half_weights)
     if not rebuild and (found := _reuse(path, fields, device)) is not None:
         return CompiledNetwork(found[0], path, key, True, time.perf_counter() - start, found[1].get("cxx"))
     with file_lock(path.with_name(path.name + ".lock")):
@@ -195,15 +197,16 @@ def get_or_compile(network: torch.nn.Module, shape: Sequence[int], precision: st
 
 def find(network: torch.nn.Module, shape: Sequence[int], precision: str, channels_last: bool,
          mode: str = "default", *, device: torch.device, root: str | Path | None = None,
-         half_weights: bool = False) -> Path | None:
-    """The cached package :func:`get_or_compile` would load for these arguments, or None; loads nothing.
+         half_weights: bool = False) -> tuple[Path | None, str]:
+    """(the cached package :func:`get_or_compile` would load for these arguments or None, the weights' digest
+    it is keyed on, for ``get_or_compile(network_digest=...)``); loads nothing.
 
     network: the fp32 network as loaded (any layout); with ``half_weights`` the package of its fp16 copy is
     looked up. A package counts once its metadata exists (written last, after the probe passed).
     """
-    _, _, path = _entry(network_sha256(network, as_half=half_weights), shape, precision, channels_last, mode,
-                        device, root, half_weights)
-    return path if path.is_file() and _metadata_path(path).is_file() else None
+    digest = network_sha256(network, as_half=half_weights)
+    _, _, path = _entry(digest, shape, precision, channels_last, mode, device, root, half_weights)
+    return (path if path.is_file() and _metadata_path(path).is_file() else None), digest
 
 
 def _entry(network_digest: str, shape, precision: str, channels_last: bool, mode: str, device: torch.device,

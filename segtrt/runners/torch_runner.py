@@ -80,6 +80,8 @@ class TorchRunner(Runner):
     half_weights: True / False, or None = on exactly when compiling (either path) in fp16 on CUDA.
     precompile: True / False, or None = on exactly when ``torch.compile``-ing on CUDA without frozen weights
         and this torch can save compiled modules (see the module docstring).
+    network_digest: for ``ahead_of_time``, the package key's weights digest when already computed
+        (``compiled_cache.find``, via ``--compile auto``), so that loading does not hash the weights again.
     """
 
     name = "torch"
@@ -99,6 +101,7 @@ class TorchRunner(Runner):
         freeze: bool | None = None,
         half_weights: bool | None = None,
         precompile: bool | None = None,
+        network_digest: str | None = None,
     ) -> None:
         super().__init__(device)
         if precision not in ("fp32", "fp16"):
@@ -128,6 +131,7 @@ class TorchRunner(Runner):
             channels_last = compile_mode is not None and self.device.type == "cuda"
         self.channels_last = channels_last
         self.ahead_of_time = ahead_of_time
+        self._network_digest = network_digest
         if freeze and (compile_mode is None or ahead_of_time):
             raise BackendUnavailableError("--freeze on applies to --compile default / max-autotune (torch.compile)")
         if half_weights and precision != "fp16":
@@ -223,7 +227,8 @@ class TorchRunner(Runner):
         if rebuild or self.compiled is None or self.compiled_info["input_shape"] != list(shape):
             self.compiled = compiled_cache.get_or_compile(self._inference_network(), shape, self.precision,
                                                           self.channels_last, self.compile_mode, device=self.device,
-                                                          rebuild=rebuild, half_weights=self.half_weights)
+                                                          rebuild=rebuild, half_weights=self.half_weights,
+                                                          network_digest=self._network_digest)
             self.compiled_info = {**self.compiled.describe(), "input_shape": list(shape)}
             log.info("ahead-of-time network %s (%s start, %.1f s)", self.compiled.path.name,
                      "warm" if self.compiled.warm else "cold", self.compiled.seconds)

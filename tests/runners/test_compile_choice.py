@@ -35,7 +35,7 @@ def gpu_cache(monkeypatch, tmp_path):
         asked.append({"shape": shape, "precision": precision, "channels_last": channels_last, "mode": mode,
                       "half_weights": half_weights, "device": device})
         entry = (id(network), precision, channels_last, half_weights)
-        return tmp_path / "compiled" / "x.pt2" if entry in cached else None
+        return (tmp_path / "compiled" / "x.pt2" if entry in cached else None), f"digest of {id(network)}"
 
     monkeypatch.setattr(compiled_cache, "find", find)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
@@ -49,6 +49,7 @@ def test_auto_loads_the_packages_when_every_fold_has_one(gpu_cache):
     cached.update({(id(n), "fp16", True, True) for n in nets})
     choice = compile_choice.choose(nets, [0, 1], SHAPE, PredictSettings(precision="fp16"), CUDA)
     assert choice.chosen == "aot" and "every fold" in choice.reason and "NVIDIA H200" in choice.reason
+    assert choice.digests == tuple(f"digest of {id(n)}" for n in nets)  # handed to the runners: hashed once
     # what the runner itself will use on CUDA in fp16: channels-last, the fp16 weight copy, inductor's default mode
     assert asked == [{"shape": SHAPE, "precision": "fp16", "channels_last": True, "mode": "default",
                       "half_weights": True, "device": CUDA}] * 2
@@ -59,7 +60,7 @@ def test_a_missing_fold_means_eager_and_the_command_that_builds_it(gpu_cache):
     nets = [conv_net(seed=0), conv_net(seed=1)]
     cached.add((id(nets[0]), "fp32", True, False))
     choice = compile_choice.choose(nets, [0, 1], SHAPE, PredictSettings(), CUDA)  # fp32, the default
-    assert choice.chosen == "off" and "no compiled package for fold 1 " in choice.reason
+    assert choice.chosen == "off" and "no compiled package for fold 1 " in choice.reason and choice.digests == ()
     assert "`segtrt build MODEL_DIR --compile aot --precision fp32 --batch-size 4`" in choice.reason
     assert [a["half_weights"] for a in asked] == [False, False]
 

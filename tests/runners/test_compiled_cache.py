@@ -44,18 +44,19 @@ def test_half_digest_is_the_digest_of_the_fp16_copy():
 
 def test_find_answers_only_for_a_complete_entry(tmp_path):
     cpu, shape = torch.device("cpu"), (1, 2, 8, 8, 8)
-    assert compiled_cache.find(_net(), shape, "fp32", True, device=cpu, root=tmp_path) is None
+    assert compiled_cache.find(_net(), shape, "fp32", True, device=cpu, root=tmp_path)[0] is None
     fields, key, path = compiled_cache._entry(compiled_cache.network_sha256(_net()), shape, "fp32", True, "default",
                                               cpu, tmp_path, False)
     path.write_bytes(b"package")  # published package without metadata: still being written or damaged
-    assert compiled_cache.find(_net(), shape, "fp32", True, device=cpu, root=tmp_path) is None
+    assert compiled_cache.find(_net(), shape, "fp32", True, device=cpu, root=tmp_path)[0] is None
     (tmp_path / f"{key}.pt2.json").write_text(json.dumps({"fields": fields}))
-    assert compiled_cache.find(_net(), shape, "fp32", True, device=cpu, root=tmp_path) == path
+    found, digest = compiled_cache.find(_net(), shape, "fp32", True, device=cpu, root=tmp_path)
+    assert found == path and digest == compiled_cache.network_sha256(_net())  # the digest get_or_compile can reuse
     # another shape, layout, network or the fp16 copy: another entry
-    assert compiled_cache.find(_net(), (2, 2, 8, 8, 8), "fp32", True, device=cpu, root=tmp_path) is None
-    assert compiled_cache.find(_net(), shape, "fp32", False, device=cpu, root=tmp_path) is None
-    assert compiled_cache.find(_net(seed=1), shape, "fp32", True, device=cpu, root=tmp_path) is None
-    assert compiled_cache.find(_net(), shape, "fp32", True, device=cpu, root=tmp_path, half_weights=True) is None
+    assert compiled_cache.find(_net(), (2, 2, 8, 8, 8), "fp32", True, device=cpu, root=tmp_path)[0] is None
+    assert compiled_cache.find(_net(), shape, "fp32", False, device=cpu, root=tmp_path)[0] is None
+    assert compiled_cache.find(_net(seed=1), shape, "fp32", True, device=cpu, root=tmp_path)[0] is None
+    assert compiled_cache.find(_net(), shape, "fp32", True, device=cpu, root=tmp_path, half_weights=True)[0] is None
 
 
 def test_key_fields_cover_shape_precision_layout_mode_and_target():
@@ -126,7 +127,7 @@ def test_ahead_of_time_package_is_compiled_once_then_loaded(tmp_path, monkeypatc
     with torch.no_grad():
         expected = net(x).numpy()
     cpu = torch.device("cpu")
-    assert compiled_cache.find(net, x.shape, "fp32", True, device=cpu) is None
+    assert compiled_cache.find(net, x.shape, "fp32", True, device=cpu)[0] is None
     with torch.inference_mode(), TorchRunner(net, "cpu", compile_mode="default", batch_size=2, channels_last=True,
                                              ahead_of_time=True) as runner:
         cold = runner.infer(x).numpy()
@@ -134,7 +135,8 @@ def test_ahead_of_time_package_is_compiled_once_then_loaded(tmp_path, monkeypatc
     assert info["path"] == "aot:default" and info["compiled"]["start"] == "cold"
     package = tmp_path / "cache" / "compiled" / f"{compiled_cache.cache_key(compiled_cache.read_metadata(info['compiled']['package'])['fields'])}.pt2"
     assert package.is_file() and str(package) == info["compiled"]["package"]
-    assert compiled_cache.find(net, x.shape, "fp32", True, device=cpu) == package  # what --compile auto looks for
+    found, digest = compiled_cache.find(net, x.shape, "fp32", True, device=cpu)
+    assert found == package  # what --compile auto looks for
     metadata = json.loads((package.parent / (package.name + ".json")).read_text())
     assert metadata["fields"]["layout"] == "channels_last_3d" and metadata["fields"]["input_shape"] == [2, 2, 8, 8, 8]
     assert metadata["cxx"] == cxx_toolchain.choose().cxx == info["compiled"]["cxx"]  # who built it is on record
@@ -146,6 +148,13 @@ def test_ahead_of_time_package_is_compiled_once_then_loaded(tmp_path, monkeypatc
         warm = runner.infer(x).numpy()
         assert runner.describe()["compiled"]["start"] == "warm"
     np.testing.assert_array_equal(warm, cold)
+    # given the digest find() computed (as --compile auto passes it), loading does not hash the weights again
+    with monkeypatch.context() as patched:
+        patched.setattr(compiled_cache, "network_sha256", lambda *a, **k: pytest.fail("weights hashed again"))
+        with TorchRunner(net, "cpu", compile_mode="default", batch_size=2, channels_last=True, ahead_of_time=True,
+                         network_digest=digest) as runner:
+            np.testing.assert_array_equal(runner.infer(x).numpy(), cold)
+            assert runner.describe()["compiled"]["start"] == "warm"
 
     # a warm start in a fresh process loads the package without importing torch's compiler
     child = subprocess.run([sys.executable, "-c", _WARM_CHILD, str(Path(__file__).parent)], capture_output=True,
